@@ -1,0 +1,422 @@
+"""Request pacing for one backend: rate-limit headers, the request/token pacer, the shared cooldown.
+
+This module owns three things: reading how long until a limit resets (``parse_duration``), reading
+what one response's ``x-ratelimit-*`` headers say (``RateLimitInfo``), and deciding when each
+request may start (``RatePacer``). It never sleeps itself: the clock and the sleep are injected.
+
+Pacing semantics
+----------------
+- **Rate.** The effective rate is the configured ``rpm`` (``0`` = unlimited), lowered to the
+  server's ``x-ratelimit-limit-requests`` when one is reported. The server's figure is the latest
+  one seen, not the lowest: a later response reporting a higher limit raises the rate again.
+  Limits are read as per minute.
+- **Burst.** Starts follow GCRA (a token bucket in scheduling form): up to ``burst`` requests may
+  start at once after an idle spell, then starts are spaced ``60 / rate`` seconds apart, so the
+  long-run rate equals the effective rate. Default ``burst = max(1, min(rate // 60, 20))``: one
+  second's worth of requests, at least 1, at most 20 (10 at the default 600 rpm).
+- **Slowing down before the 429.** While ``x-ratelimit-remaining-requests`` is low (at most 10 % of
+  the server's limit, or at most 3) and its reset time lies ahead, starts are spaced at least
+  ``time-to-reset / remaining`` apart (no burst), and once as many requests as were remaining have
+  started, the next ones wait for the reset. A reported remaining of 0 pauses every start until
+  the reset. Once the reset time has passed, the old figures no longer apply: full speed again.
+- **Tokens.** When ``x-ratelimit-limit-tokens`` is known, ``acquire(tokens=n)`` also spaces
+  starts so that the estimated tokens per minute stay under it (with a burst of up to
+  ``TOKEN_BURST_S`` seconds' worth). When the remaining tokens (minus what was started since the
+  report) are fewer than ``n``, the request waits for the token reset.
+- **Cooldown.** ``overloaded(delay)`` (after a 429 or 503) pauses every start until ``now + delay``,
+  or longer when overloads repeat: each overload that arrives after the previous cooldown ended
+  doubles a penalty (up to ``cooldown_cap_s``), which halves every ``cooldown_halflife_s`` and
+  never goes below ``cooldown_floor_s``. Overloads that arrive during a cooldown come from
+  requests started before it; they only extend it to their own ``now + delay``, never add to it.
+  The caller must not also sleep ``delay``: ``acquire()`` waits out the cooldown.
+- **Pauses slide the queue.** Requests already waiting for a slot when a pause begins keep their
+  order and spacing and move back by the pause's length, instead of all starting at once when it
+  ends; after a pause the bucket starts empty (no burst) and refills while idle.
+
+No asyncio primitive is held: a reservation is plain arithmetic done before the first ``await``,
+so one pacer serves every request of a backend, from several event loops one after another.
+Single-threaded use per loop is assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timezone
+
+from .errors import ConfigError
+
+__all__ = ["TOKEN_BURST_S", "RateLimitInfo", "RatePacer", "parse_duration", "parse_retry_after"]
+
+_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_EPOCH_S = 1e9  # a bare number this large is a Unix time, not a delay (1e9 s is 31 years)
+_EPOCH_MS = 1e12  # ...and this large, a Unix time in milliseconds
+
+_LOW_FRACTION = 0.1
+_LOW_ABSOLUTE = 3
+TOKEN_BURST_S = 6.0  # token pacing lets a tenth of a minute's token budget through at once
+_MAX_BURST = 20
+_WAKE_TOLERANCE_S = 1e-4  # loops may wake a hair early; do not sleep again for crumbs
+
+
+# -- durations --------------------------------------------------------------------------------
+
+
+def parse_duration(value: str | float | None, now_epoch: float | None = None) -> float | None:
+    """Seconds until a reset, from any form servers send; ``None`` for missing or garbage.
+
+    Accepts plain seconds (``"20"``, ``"0.5"``), Go/OpenAI durations (``"1s"``, ``"6m0s"``,
+    ``"20ms"``, ``"1h2m3.5s"``), a Unix time in seconds (> 1e9) or milliseconds (> 1e12) and an
+    HTTP-date; the last three count from ``now_epoch`` (default: now) and are floored at 0.
+    Never raises.
+    """
+    try:
+        return _parse_duration(value, now_epoch)
+    except Exception:  # a header is untrusted input: any surprise means "not said"
+        return None
+
+
+def parse_retry_after(value: str | None, now_epoch: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (seconds or HTTP-date); same rules as :func:`parse_duration`."""
+    return parse_duration(value, now_epoch)
+
+
+def _parse_duration(value: str | float | None, now_epoch: float | None) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return _from_number(float(value), now_epoch)
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text):
+        return _from_number(float(text), now_epoch)
+    lowered = text.lower()
+    if _GO_DURATION.fullmatch(lowered):
+        return sum(float(amount) * _UNIT_S[unit] for amount, unit in _GO_PART.findall(lowered))
+    return _from_http_date(text, now_epoch)
+
+
+def _from_number(number: float, now_epoch: float | None) -> float | None:
+    if not math.isfinite(number) or number < 0:
+        return None
+    if number > _EPOCH_MS:
+        number /= 1000.0
+    if number > _EPOCH_S:
+        now = time.time() if now_epoch is None else now_epoch
+        return max(0.0, number - now)
+    return number
+
+
+def _from_http_date(text: str, now_epoch: float | None) -> float | None:
+    if not text or not any(ch.isalpha() for ch in text):
+        return None
+    moment = email.utils.parsedate_to_datetime(text)
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # "-0000" means UTC of unknown origin; HTTP-dates are UTC anyway
+        moment = moment.replace(tzinfo=timezone.utc)
+    now = time.time() if now_epoch is None else now_epoch
+    return max(0.0, moment.timestamp() - now)
+
+
+def _parse_count(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return int(float(text))
+
+
+# -- headers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    """What one response's ``x-ratelimit-*`` headers say; any field may be ``None``.
+
+    ``reset_*_s`` are seconds from the response until the limit resets.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def from_headers(
+        cls, headers: Mapping[str, str] | None, now_epoch: float | None = None
+    ) -> RateLimitInfo | None:
+        """Read the six OpenAI rate-limit headers (any case); ``None`` when none is usable."""
+        try:
+            lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+        except Exception:  # an odd mapping type must not break a successful answer
+            return None
+        values = {}
+        for kind in ("requests", "tokens"):
+            values[f"limit_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-limit-{kind}"))
+            values[f"remaining_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-remaining-{kind}"))
+            values[f"reset_{kind}_s"] = parse_duration(lowered.get(f"x-ratelimit-reset-{kind}"), now_epoch)
+        if all(v is None for v in values.values()):
+            return None
+        return cls(**values)
+
+
+# -- the pacer --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """The server's last word on one limit: ``remaining`` until ``reset_at`` (pacer clock time)."""
+
+    remaining: int
+    reset_at: float | None
+    observed_at: float
+    used: int = 0  # requests (or tokens) we started since, before reset_at
+
+    def active(self, now: float) -> bool:
+        return self.reset_at is not None and now < self.reset_at
+
+    def budget(self) -> int:
+        return self.remaining - self.used
+
+
+class RatePacer:
+    """Paces request starts for one backend.
+
+    Configured RPM (0 = off), lowered or raised by what the server's headers say, with a small
+    burst allowed, plus tokens-per-minute pacing when the server reports token limits, plus a
+    shared cooldown after overload (429/503). See the module docstring for the exact rules.
+    """
+
+    def __init__(
+        self,
+        rpm: int,
+        *,
+        burst: int | None = None,
+        cooldown_floor_s: float = 0.0,
+        cooldown_cap_s: float = 30.0,
+        cooldown_halflife_s: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rpm < 0:
+            raise ConfigError(f"rpm={rpm} must be >= 0; 0 turns pacing off (RPM).")
+        if burst is not None and burst < 1:
+            raise ConfigError(f"burst={burst} must be at least 1.")
+        if cooldown_halflife_s <= 0:
+            raise ConfigError(f"cooldown_halflife_s={cooldown_halflife_s} must be > 0 (COOLDOWN_HALFLIFE_S).")
+        self._rpm = rpm
+        self._burst = burst
+        self._floor = cooldown_floor_s
+        self._cap = cooldown_cap_s
+        self._halflife = cooldown_halflife_s
+        self._clock = clock
+        self._sleep = sleep
+        self._server_rpm: int | None = None
+        self._server_tpm: int | None = None
+        self._requests: _Window | None = None
+        self._tokens: _Window | None = None
+        self._tat = -math.inf  # GCRA "theoretical arrival time" of the next request
+        self._token_tat = -math.inf  # the same, counted in token-seconds
+        self._last_start = -math.inf
+        self._paused_until = -math.inf  # no start before this: cooldown or exhausted limit
+        self._cooldown_until = -math.inf  # the overload part of the pause
+        self._shift_total = 0.0  # sum of every pause's slide; sleepers catch up on waking
+        self._penalty = 0.0
+        self._penalty_at = 0.0
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def acquire(self, tokens: int = 0) -> float:
+        """Wait until this request may start; return the seconds waited.
+
+        Accounts for the request rate, the token rate (when a token limit is known, ``tokens``
+        being this request's estimate) and the cooldown.
+        """
+        began = self._clock()
+        start = self._reserve(began, max(0, int(tokens)))
+        seen = self._shift_total
+        while True:
+            start += self._shift_total - seen  # a pause began while we slept: move back with the queue
+            seen = self._shift_total
+            wait = start - self._clock()
+            if wait <= _WAKE_TOLERANCE_S:
+                return max(0.0, self._clock() - began)
+            await self._sleep(wait)
+
+    def _reserve(self, now: float, tokens: int) -> float:
+        """Pick this request's start time and book it; no await, so no lock is needed."""
+        interval = self._interval()
+        token_interval = tokens * 60.0 / self._server_tpm if tokens and self._server_tpm else 0.0
+        start = max(now, self._paused_until, self._request_gate(now), self._token_gate(now, tokens))
+        if interval:
+            start = max(start, self._tat - self._tolerance(interval))
+            self._tat = max(self._tat, start) + interval
+        if token_interval:
+            start = max(start, self._token_tat - TOKEN_BURST_S)
+            self._token_tat = max(self._token_tat, start) + token_interval
+        self._last_start = start
+        _charge(self._requests, start, 1)
+        _charge(self._tokens, start, tokens)
+        return start
+
+    def _request_gate(self, now: float) -> float:
+        """Earliest start the remaining-requests report allows."""
+        window = self._requests
+        if window is None or not window.active(now):
+            return now
+        if window.budget() <= 0:
+            return window.reset_at
+        if self._is_low(window):
+            return min(self._last_start + _spacing(window), window.reset_at)
+        return now
+
+    def _token_gate(self, now: float, tokens: int) -> float:
+        """Earliest start the remaining-tokens report allows for a request of ``tokens``."""
+        window = self._tokens
+        if window is None or not window.active(now):
+            return now
+        return window.reset_at if window.budget() < max(tokens, 1) else now
+
+    def _is_low(self, window: _Window) -> bool:
+        return window.remaining <= max(_LOW_ABSOLUTE, _LOW_FRACTION * (self._server_rpm or 0))
+
+    def _rate(self) -> float | None:
+        limits = [r for r in (self._rpm, self._server_rpm) if r]
+        return float(min(limits)) if limits else None
+
+    def _interval(self) -> float:
+        rate = self._rate()
+        return 60.0 / rate if rate else 0.0
+
+    def _tolerance(self, interval: float) -> float:
+        """How far ahead of the even schedule a start may be: (burst - 1) intervals."""
+        burst = self._burst or max(1, min(int(60.0 / interval) // 60, _MAX_BURST))
+        return (burst - 1) * interval
+
+    # -- what the server says -------------------------------------------------------------------
+
+    def observe(self, info: RateLimitInfo | None) -> None:
+        """Learn from one response's headers; call it for every response, 2xx included."""
+        if info is None:
+            return
+        now = self._clock()
+        if info.limit_requests:
+            self._server_rpm = info.limit_requests  # the latest word, up or down
+        if info.limit_tokens:
+            self._server_tpm = info.limit_tokens
+        if info.remaining_requests is not None:
+            self._requests = _window(info.remaining_requests, info.reset_requests_s, now)
+        if info.remaining_tokens is not None:
+            self._tokens = _window(info.remaining_tokens, info.reset_tokens_s, now)
+        for window in (self._requests, self._tokens):
+            if window is not None and window.remaining <= 0 and window.active(now):
+                self._pause(window.reset_at, now)
+
+    def overloaded(self, delay_s: float) -> float:
+        """Record a 429/503; pause every start until at least ``now + delay_s``; return the end time.
+
+        ``delay_s`` is the caller's intended wait (a capped Retry-After, or its backoff); the
+        caller then waits in :meth:`acquire`, not on top of it.
+        """
+        now = self._clock()
+        delay = delay_s if delay_s > 0 else 0.0  # also turns NaN into 0
+        if now < self._cooldown_until:
+            # The same overload reported by other requests that started before the pause.
+            end = max(self._cooldown_until, now + delay)
+        else:
+            grown = 2.0 * self._decayed_penalty(now)
+            self._penalty = min(self._cap, max(self._floor, delay, grown))
+            self._penalty_at = now
+            end = now + max(delay, self._penalty)
+        self._cooldown_until = end
+        self._pause(end, now)
+        return end
+
+    def _pause(self, until: float, now: float) -> None:
+        """No start before ``until``; slide every booked start back by the added pause."""
+        begin = max(now, self._paused_until)
+        if until <= begin:
+            return
+        shift = until - begin
+        self._shift_total += shift
+        interval = self._interval()
+        # After the pause the bucket starts empty: even spacing first, burst credit refills later.
+        resume = until + (self._tolerance(interval) if interval else 0.0)
+        self._tat = max(max(self._tat, now) + shift, resume)
+        if self._token_tat > now:
+            self._token_tat += shift
+        if self._last_start > now:
+            self._last_start += shift
+        self._paused_until = until
+
+    def _decayed_penalty(self, now: float) -> float:
+        return self._penalty * 0.5 ** (max(0.0, now - self._penalty_at) / self._halflife)
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def cooldown_remaining(self) -> float:
+        """Seconds until requests may start again after a cooldown or an exhausted limit; 0 if none."""
+        return max(0.0, self._paused_until - self._clock())
+
+    @property
+    def cooldown_penalty_s(self) -> float:
+        """The cooldown a new overload would start from, decayed since the last one."""
+        return max(self._floor, self._decayed_penalty(self._clock())) if self._penalty else self._floor
+
+    @property
+    def effective_rpm(self) -> float | None:
+        """The current pacing rate in requests per minute; ``None`` means unlimited."""
+        rate = self._rate() or math.inf
+        window = self._requests
+        if window is not None and window.active(self._clock()) and self._is_low(window):
+            spacing = _spacing(window)
+            rate = min(rate, 60.0 / spacing) if spacing > 0 else rate
+        return None if math.isinf(rate) else rate
+
+    def describe(self) -> str:
+        """One line, e.g. ``"500 rpm (configured 600, server limit 500, 12 remaining, resets in 3.2s)"``."""
+        now = self._clock()
+        rate = self.effective_rpm
+        head = f"{rate:.0f} rpm" if rate is not None else "unpaced"
+        details = [f"configured {self._rpm}" if self._rpm else "configured unlimited"]
+        if self._server_rpm:
+            details.append(f"server limit {self._server_rpm}")
+        if self._requests is not None and self._requests.active(now):
+            details.append(_window_text(self._requests, now))
+        if self._server_tpm:
+            details.append(f"token limit {self._server_tpm}/min")
+        if self._tokens is not None and self._tokens.active(now):
+            details.append(_window_text(self._tokens, now, "tokens "))
+        pause = self.cooldown_remaining()
+        if pause > 0:
+            details.append(f"paused {pause:.1f}s")
+        return f"{head} ({', '.join(details)})"
+
+
+def _window(remaining: int, reset_s: float | None, now: float) -> _Window:
+    return _Window(remaining=remaining, reset_at=None if reset_s is None else now + reset_s, observed_at=now)
+
+
+def _spacing(window: _Window) -> float:
+    """Even spacing that spreads what remains over the time to the reset."""
+    return (window.reset_at - window.observed_at) / max(window.remaining, 1)
+
+
+def _charge(window: _Window | None, start: float, amount: int) -> None:
+    if window is not None and amount and (window.reset_at is None or start < window.reset_at):
+        window.used += amount
+
+
+def _window_text(window: _Window, now: float, what: str = "") -> str:
+    return f"{window.budget()} {what}remaining, resets in {window.reset_at - now:.1f}s"
