@@ -1,4 +1,4 @@
-"""The SQLite prompt cache: cache keys, the file and its schema, batched reads, one writer thread.
+"""The SQLite prompt cache: the file and its schema, stored rows, batched reads, queued writes.
 
 One file, ``{cache_dir}/minima_llm.db``, in WAL mode so readers never wait for the writer and
 several processes can share it. Reads run on the caller's thread (one connection per thread)
@@ -8,37 +8,42 @@ committing each row within about ``flush_interval_s``. Rows hold the request (mo
 params as JSON), the answer and its usage, so the file can be inspected with any SQLite tool
 and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
+
+Keys live in ``cachekey.py`` and the writer thread in ``cachewriter.py``; this module re-exports
+the key names so ``from minima_nb.cache import cache_key`` keeps working.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
 import json
 import logging
 import os
-import queue
-import random
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from .cachekey import KeyTracer, cache_key, canonical_json, normalise_numbers
+from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect, retry_when_busy
 from .errors import CacheError
+
+__all__ = [
+    "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "LOCK_RETRY_S", "MIGRATIONS", "READ_CHUNK",
+    "SCHEMA_VERSION", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache", "cache_key",
+    "canonical_json", "normalise_numbers",
+]
 
 CACHE_FILENAME = "minima_llm.db"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 30.0  # SQLite's own wait for a lock, per statement
-LOCK_RETRY_S = 120.0  # our retries on top of it, in total, before giving up
 READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
 _HELP = "pass another cache_dir (or set CACHE_DIR)"
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # MIGRATIONS[i] upgrades a file from version i to i + 1; each runs inside one transaction.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -61,77 +66,6 @@ _UPSERT = (
     f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in COLUMNS[1:])}"
 )
 _ANSWER_COLUMNS = "text, input_tokens, output_tokens, finish_reason, latency_s, model"
-
-
-# -- keys ---------------------------------------------------------------------------------------
-
-
-def normalise_numbers(obj: Any) -> Any:
-    """Turn integral floats into ints (so ``0`` and ``0.0`` hash alike), tuples into lists, recursively."""
-    if isinstance(obj, float):
-        return int(obj) if obj.is_integer() else obj
-    if isinstance(obj, Mapping):
-        return {key: normalise_numbers(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [normalise_numbers(item) for item in obj]
-    return obj  # bools, ints, strings, None
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON spelling of ``obj``: numbers normalised, keys sorted, no spaces, UTF-8 kept."""
-    return json.dumps(normalise_numbers(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def cache_key(
-    model: str,
-    messages: Any,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: Mapping[str, Any] | None,
-    namespace: str | None = None,
-) -> tuple[str, str]:
-    """Return ``(sha256 hex, canonical JSON)`` of a request; an empty ``extra`` counts as ``None``.
-
-    ``namespace`` joins the key only when set, so keys made without one never change.
-    """
-    payload: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "extra": extra if extra else None,  # {} and None send the same request
-    }
-    if namespace is not None:
-        payload["namespace"] = namespace
-    canonical = canonical_json(payload)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
-
-
-class KeyTracer:
-    """Appends one JSON line ``{"key", "canonical"}`` per cache key to a file (``MINIMA_TRACE_FILE``).
-
-    Thread-safe; the file is opened on the first line, in append mode, line-buffered.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._file: Any = None
-
-    def trace(self, key: str, canonical: str) -> None:
-        """Append the line for one key."""
-        line = json.dumps({"key": key, "canonical": canonical}, ensure_ascii=False) + "\n"
-        with self._lock:
-            if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-            self._file.write(line)
-
-    def close(self) -> None:
-        """Close the file (a later ``trace`` opens it again)."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -196,35 +130,6 @@ def _row_from_db(values: Sequence[Any]) -> CacheRow:
 # -- the file -----------------------------------------------------------------------------------
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    message = str(exc).lower()
-    return "locked" in message or "busy" in message
-
-
-def _retry_when_busy(action: Callable[[], _T], budget_s: float = LOCK_RETRY_S) -> _T:
-    """Run ``action``, retrying with a jittered backoff while another process holds the lock."""
-    deadline = time.monotonic() + budget_s
-    delay = 0.005
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay * random.uniform(0.5, 1.5))  # jitter keeps processes out of lockstep
-        delay = min(delay * 2, 0.25)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE by the writer.
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 def _prepare_directory(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise CacheError(f"cache_dir {str(directory)!r} exists and is not a directory; {_HELP}.")
@@ -274,7 +179,7 @@ def _open_file(path: Path) -> None:
     """Create or check the cache file: WAL mode, current schema; sqlite errors become CacheErrors."""
 
     def attempt() -> None:
-        conn = _connect(path)
+        conn = connect(path)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             _migrate(conn, path)
@@ -282,157 +187,13 @@ def _open_file(path: Path) -> None:
             conn.close()
 
     try:
-        _retry_when_busy(attempt)
+        retry_when_busy(attempt)
     except sqlite3.OperationalError as exc:
         raise CacheError(f"cannot open the cache {str(path)!r} for writing ({exc}); check that "
                          f"the directory is writable and the file not locked, or {_HELP}.") from None
     except sqlite3.DatabaseError as exc:
         raise CacheError(f"{str(path)!r} is not a SQLite database ({exc}), so not a minima_nb "
                          f"cache; move that file away or {_HELP}.") from None
-
-
-# -- the writer thread --------------------------------------------------------------------------
-
-_FLUSH = object()  # "commit what you have now"
-_STOP = object()  # "commit what you have, then exit"
-
-
-class _BatchWriter:
-    """The one thread that writes: it groups queued rows into one transaction per batch.
-
-    Rows carry a sequence number; ``done`` is the last one handled (committed or failed), which
-    is what ``flush`` waits for. A failed batch is remembered and raised once by the next
-    ``submit``/``wait``; if the thread itself dies, every later call raises.
-    """
-
-    def __init__(self, path: Path, flush_interval_s: float, max_batch_rows: int) -> None:
-        self._path = path
-        self._interval = flush_interval_s
-        self._max_rows = max_batch_rows
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._cond = threading.Condition()
-        self._submitted = 0
-        self._done = 0
-        self._stopping = False
-        self._error: CacheError | None = None
-        self._fatal: CacheError | None = None
-        self.writes = 0
-        self._thread = threading.Thread(target=self._run, name="minima-cache-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, values: tuple[Any, ...]) -> None:
-        """Queue one serialised row; raise the pending error first, if any."""
-        self.raise_pending()
-        with self._cond:  # numbering and queueing together keep the queue in sequence order
-            if self._stopping:
-                raise CacheError(f"the cache {str(self._path)!r} is closed; open it again to write.")
-            self._submitted += 1
-            self._queue.put((self._submitted, values))
-
-    def wait(self, timeout: float | None) -> None:
-        """Block until every row submitted so far is handled, then raise the pending error."""
-        with self._cond:
-            target = self._submitted
-            self._queue.put(_FLUSH)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._done < target and self._thread.is_alive():
-                left = 0.1 if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    raise CacheError(
-                        f"{target - self._done} cache row(s) were not committed to {str(self._path)!r} "
-                        f"within {timeout} s; another process may hold the database lock."
-                    )
-                self._cond.wait(min(left, 0.1))
-        self.raise_pending()
-
-    def stop(self, timeout: float | None) -> None:
-        """Commit what is queued, end the thread, and raise any pending error."""
-        with self._cond:
-            if not self._stopping:
-                self._stopping = True
-                self._queue.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise CacheError(f"the cache writer for {str(self._path)!r} did not finish within "
-                             f"{timeout} s; rows still queued may be lost.")
-        self.raise_pending()
-
-    def raise_pending(self) -> None:
-        """Raise the writer's death sticky, or a failed batch's error once."""
-        if self._fatal is not None:
-            raise self._fatal
-        if not self._thread.is_alive() and not self._stopping:
-            raise CacheError(f"the cache writer for {str(self._path)!r} is not running (was the process "
-                             "forked after opening the cache?); open the cache again in this process.")
-        with self._cond:
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _run(self) -> None:
-        conn = None
-        try:
-            conn = _connect(self._path)
-            stop = False
-            while not stop:
-                batch, stop = self._gather()
-                if batch:
-                    self._write(conn, batch)
-        except BaseException as exc:  # noqa: BLE001  - reported to the user by the next put/flush
-            self._fatal = CacheError(f"the cache writer for {str(self._path)!r} died: {exc!r}; "
-                                     "rows queued since were not saved. Open the cache again.")
-        finally:
-            if conn is not None:
-                conn.close()
-            with self._cond:
-                self._cond.notify_all()
-
-    def _gather(self) -> tuple[list[tuple[int, tuple[Any, ...]]], bool]:
-        """Wait for a row, then collect more for up to ``flush_interval_s`` or ``max_batch_rows``."""
-        item = self._queue.get()
-        batch: list[tuple[int, tuple[Any, ...]]] = []
-        deadline = time.monotonic() + self._interval
-        while True:
-            if item is _STOP or item is _FLUSH:
-                return batch, item is _STOP
-            batch.append(item)
-            if len(batch) >= self._max_rows:
-                return batch, False
-            left = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                return batch, False
-
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
-        error = None
-        try:
-            _retry_when_busy(lambda: _commit(conn, [values for _, values in batch]))
-        except sqlite3.Error as exc:
-            error = CacheError(f"could not write {len(batch)} row(s) to the cache {str(self._path)!r}: "
-                               f"{exc}; those answers were not saved (check disk space and permissions).")
-            _log.warning("%s", error)
-        with self._cond:
-            self._done = batch[-1][0]
-            if error is None:
-                self.writes += len(batch)
-            else:
-                self._error = error
-            self._cond.notify_all()
-
-
-def _commit(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    # BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so the
-    # transaction can never fail half-way with a lock upgrade error.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.executemany(_UPSERT, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -463,7 +224,7 @@ class PromptCache:
         self._pid = os.getpid()
         self._hits = 0
         self._misses = 0
-        self._writer = _BatchWriter(self.path, flush_interval_s, max_batch_rows)
+        self._writer = BatchWriter(self.path, _UPSERT, flush_interval_s, max_batch_rows)
         _OPEN_CACHES.add(self)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -474,7 +235,7 @@ class PromptCache:
             raise CacheError(f"the cache {str(self.path)!r} is {state}; open it again to read.")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = connect(self.path)
             with self._lock:
                 self._connections.append(conn)
             self._local.conn = conn
