@@ -1,0 +1,353 @@
+"""``OpenAIMinimaLlm``: one request through cache → pacing → retry → transport, and batches of them.
+
+The backend is thin glue. It owns one of each: transport (HTTP pools, one per event loop),
+prompt cache, pacer (shared by every request, across loops), retry policy. It can be used from
+several event loops one after another: everything loop-bound is created lazily per loop.
+
+``generate`` never raises for a failed call: it returns a :class:`MinimaLlmFailure`. It raises
+only for programming errors (a malformed message list, a wrong argument type).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .batch import ProgressArg, run_batched_callable
+from .cache import CachedAnswer, CacheRow, KeyTracer, PromptCache, cache_key
+from .config import MinimaLlmConfig
+from .errors import BatchAborted, CallError, ClientError
+from .looplocal import LoopLocal
+from .meter import current_meter
+from .ratelimit import RateLimitInfo, RatePacer
+from .retry import RetryPolicy, classify_status
+from .transport import HttpReply, Transport, make_transport
+from .types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
+from .wire import ParsedAnswer, build_payload, check_messages, encode, parse_answer
+
+CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
+
+
+class OpenAIMinimaLlm:
+    """Async backend for any OpenAI-compatible chat-completions endpoint.
+
+    ``config`` defaults to :meth:`MinimaLlmConfig.from_env`. Pass ``client=httpx.AsyncClient(...)``
+    to send through your own httpx client. ``clock``, ``sleep`` and ``rng`` exist for tests.
+    """
+
+    def __init__(
+        self,
+        config: MinimaLlmConfig | None = None,
+        *,
+        client: Any = None,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config = config if config is not None else MinimaLlmConfig.from_env()
+        self._transport = transport or make_transport(
+            config.transport, client=client, compress_gzip=config.compress_gzip
+        )
+        self._cache = PromptCache(config.cache_dir) if config.cache_dir else None
+        self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
+        self._pacer = RatePacer(
+            config.rpm,
+            cooldown_floor_s=config.cooldown_floor_s,
+            cooldown_cap_s=config.cooldown_cap_s,
+            cooldown_halflife_s=config.cooldown_halflife_s,
+            clock=clock,
+            sleep=sleep,
+        )
+        self._policy = RetryPolicy.from_config(config)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._outstanding: LoopLocal[asyncio.Semaphore] = LoopLocal(
+            lambda: asyncio.Semaphore(config.max_outstanding)
+        )
+        self._url = config.endpoint_url
+        self._refresh_rounds: dict[str, int] = {}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self.__headers = headers  # name-mangled: not part of any public surface
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> PromptCache | None:
+        """The prompt cache, or ``None`` when ``cache_dir`` is not set."""
+        return self._cache
+
+    @property
+    def pacer(self) -> RatePacer:
+        """The request pacer shared by every call of this backend."""
+        return self._pacer
+
+    async def generate(
+        self, request: MinimaLlmRequest, force_refresh: bool = False, *, include_raw: bool = False
+    ) -> MinimaLlmResult:
+        """Answer one request: from the cache if there, else from the server with pacing and retries."""
+        check_messages(request.request_id, request.messages)
+        model = request.model or self.config.model
+        refresh = force_refresh or self.config.force_refresh
+        key = self._key(request, model)
+        if key is not None and not refresh:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return self._from_cache(request, hit, key, include_raw)
+        return await self._call(request, model, key, refresh, include_raw)
+
+    async def run_batched(
+        self,
+        requests: Sequence[MinimaLlmRequest],
+        *,
+        force_refresh: bool = False,
+        include_raw: bool = False,
+        progress: ProgressArg = True,
+        label: str = "minima",
+        draw_in_loop: bool = True,
+    ) -> list[MinimaLlmResult]:
+        """Answer many requests; results in input order, one per request (a failure in its slot).
+
+        Cached answers are read in bulk before any request goes out; identical requests are sent
+        once; the batch stops with ``BatchAborted`` past ``batch.max_failures`` failures.
+        """
+        for r in requests:
+            check_messages(r.request_id, r.messages)
+        refresh = force_refresh or self.config.force_refresh
+        models = [r.model or self.config.model for r in requests]
+        keys = [self._key(r, m) or _dedupe_key(r, m) for r, m in zip(requests, models, strict=True)]
+        rows_per_key = Counter(keys)
+        first_of: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first_of.setdefault(k, i)
+        hits = await self._bulk_lookup(list(first_of)) if self._cache is not None and not refresh else {}
+        by_key: dict[str, Any] = {
+            k: self._from_cache(requests[i], hits[k], k, include_raw) for k, i in first_of.items() if k in hits
+        }
+        todo = [i for k, i in first_of.items() if k not in hits]
+
+        async def answer(index: int) -> MinimaLlmResult:
+            key = keys[index] if self._cache is not None else None
+            return await self._call(requests[index], models[index], key, refresh, include_raw)
+
+        try:
+            answers = await run_batched_callable(
+                todo,
+                answer,
+                batch_config=self.config.batch,
+                progress=progress,
+                label=label,
+                total=len(requests),
+                cached_rows=sum(rows_per_key[k] for k in by_key),
+                weights=[rows_per_key[keys[i]] for i in todo],
+                draw_in_loop=draw_in_loop,
+            )
+        except BatchAborted as aborted:
+            by_key.update({keys[i]: r for i, r in zip(todo, aborted.results, strict=True) if r is not None})
+            raise BatchAborted(aborted.message, _spread(by_key, keys, requests)) from None
+        finally:
+            if self._cache is not None:
+                await self._cache.aflush()
+        by_key.update({keys[i]: r for i, r in zip(todo, answers, strict=True)})
+        return _spread(by_key, keys, requests)
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
+        return self._cache.stats() if self._cache is not None else {}
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
+        await self._transport.aclose()
+        if self._cache is not None:
+            await self._cache.aflush()
+
+    def close(self) -> None:
+        """Release everything for good (cache file and trace file); call from sync code at the end."""
+        if self._cache is not None:
+            self._cache.close()
+        if self._tracer is not None:
+            self._tracer.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIMinimaLlm(base_url={self.config.base_url!r}, model={self.config.model!r}, "
+            f"transport={self._transport.name!r}, cache_dir={self.config.cache_dir!r})"
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _key(self, request: MinimaLlmRequest, model: str) -> str | None:
+        if self._cache is None:
+            return None
+        key, canonical = cache_key(
+            model, request.messages, request.temperature, request.max_tokens, request.extra,
+            self.config.cache_namespace,
+        )
+        if self._tracer is not None:
+            self._tracer.trace(key, canonical)
+        return key
+
+    async def _bulk_lookup(self, keys: list[str]) -> dict[str, CachedAnswer]:
+        # Large lookups leave the loop thread; small ones are cheaper than a thread hop.
+        if len(keys) <= 64:
+            return self._cache.get_many(keys)
+        return await asyncio.to_thread(self._cache.get_many, keys)
+
+    def _from_cache(
+        self, request: MinimaLlmRequest, hit: CachedAnswer, key: str, include_raw: bool
+    ) -> MinimaLlmResponse:
+        raw = self._cache.get_raw(key) if include_raw else None
+        return MinimaLlmResponse(
+            request_id=request.request_id,
+            text=hit.text,
+            cached=True,
+            usage=Usage(hit.input_tokens, hit.output_tokens),
+            finish_reason=hit.finish_reason,
+            latency_s=hit.latency_s,
+            attempts=0,
+            model=hit.model,
+            raw=raw,
+        )
+
+    def _payload(self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool) -> bytes:
+        refresh_round = None
+        seed_base = 0
+        if refresh:
+            ident = key or _dedupe_key(request, model)
+            refresh_round = self._refresh_rounds.get(ident, 0)
+            self._refresh_rounds[ident] = refresh_round + 1
+            seed_base = int(ident[:8], 16)
+        return encode(build_payload(request, model, refresh_round=refresh_round, seed_base=seed_base))
+
+    async def _call(
+        self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
+    ) -> MinimaLlmResult:
+        body = self._payload(request, model, key, refresh)
+        token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
+        meter = current_meter.get()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer, latency = await self._attempt(body, token_estimate)
+            except CallError as err:
+                err.attempts = attempt
+                if not self._policy.should_retry(err, attempt):
+                    return _failure(request, err, model)
+                await self._wait_before_retry(err, attempt, meter)
+                continue
+            if meter is not None:
+                meter.answer_received(answer.input_tokens, answer.output_tokens, latency)
+            if key is not None:
+                self._store(key, request, model, answer, latency)
+            return MinimaLlmResponse(
+                request_id=request.request_id,
+                text=answer.text,
+                usage=Usage(answer.input_tokens, answer.output_tokens),
+                finish_reason=answer.finish_reason,
+                latency_s=latency,
+                attempts=attempt,
+                model=answer.model or model,
+                raw=answer.raw if include_raw else None,
+            )
+
+    async def _attempt(self, body: bytes, token_estimate: int) -> tuple[ParsedAnswer, float]:
+        await self._pacer.acquire(token_estimate)
+        meter = current_meter.get()
+        async with self._outstanding.get():
+            if meter is not None:
+                meter.attempt_started()
+            started = self._clock()
+            reply: HttpReply | None = None
+            try:
+                reply = await self._transport.post_json(
+                    self._url, body, self.__headers, self.config.timeout_s
+                )
+            finally:
+                if meter is not None:
+                    meter.attempt_ended(answered=reply is not None)
+        latency = self._clock() - started
+        self._pacer.observe(RateLimitInfo.from_headers(reply.headers))
+        status = reply.status
+        if 200 <= status < 300:
+            return parse_answer(reply.body), latency
+        if 300 <= status < 400:
+            raise ClientError(
+                f"server redirected (HTTP {status}); redirects are not followed so the API key only "
+                "goes to base_url's host: set base_url (OPENAI_BASE_URL) to the final address",
+                status=status,
+            )
+        raise classify_status(status, reply.body, reply.headers)
+
+    async def _wait_before_retry(self, err: CallError, attempt: int, meter: Any) -> None:
+        delay = self._policy.delay(err, attempt, self._rng)
+        if meter is not None:
+            meter.retrying += 1
+            meter.last_error = str(err)
+        try:
+            if self._policy.is_overload(err):
+                # The shared cooldown makes every worker (this one included) wait in acquire();
+                # sleeping here as well would wait twice for the same signal.
+                self._pacer.overloaded(delay)
+            else:
+                await self._sleep(delay)
+        finally:
+            if meter is not None:
+                meter.retrying -= 1
+
+    def _store(self, key: str, request: MinimaLlmRequest, model: str, answer: ParsedAnswer, latency: float) -> None:
+        params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
+        self._cache.put(
+            CacheRow(
+                key=key,
+                namespace=self.config.cache_namespace,
+                model=model,
+                messages=[dict(m) for m in request.messages],
+                params=params,
+                text=answer.text,
+                raw=answer.raw,
+                input_tokens=answer.input_tokens,
+                output_tokens=answer.output_tokens,
+                finish_reason=answer.finish_reason,
+                latency_s=latency,
+                created_at=time.time(),
+            )
+        )
+
+
+def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:
+    """Identity of a request for de-duplication when there is no cache (same as the cache key)."""
+    return cache_key(model, request.messages, request.temperature, request.max_tokens, request.extra)[0]
+
+
+def _failure(request: MinimaLlmRequest, err: CallError, model: str) -> MinimaLlmFailure:
+    return MinimaLlmFailure(
+        request_id=request.request_id,
+        error_type=type(err).__name__,
+        message=str(err),
+        status=err.status,
+        attempts=err.attempts,
+        retryable=err.retryable,
+        model=model,
+    )
+
+
+def _spread(
+    by_key: dict[str, Any], keys: list[str], requests: Sequence[MinimaLlmRequest]
+) -> list[Any]:
+    """One result per request, in input order: identical requests share an answer under their own id."""
+    out = []
+    for key, request in zip(keys, requests, strict=True):
+        result = by_key.get(key)
+        if result is not None and result.request_id != request.request_id:
+            result = dataclasses.replace(result, request_id=request.request_id)
+        out.append(result)
+    return out

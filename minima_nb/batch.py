@@ -1,0 +1,163 @@
+"""The batch worker pool: ``run_batched_callable(items, async_fn)``.
+
+Guarantees, each kept by a test:
+
+* results come back in input order, one per input (``None`` results included); a failed row is
+  a :class:`MinimaLlmFailure` value in its slot, never an exception that loses the other rows;
+* past ``max_failures`` failed rows, or at the first failure every row would share (401, 403,
+  exhausted quota), the pool stops taking work and raises :class:`BatchAborted` carrying every
+  result gathered so far (rows that never ran are ``None``);
+* a programming error in ``async_fn`` (TypeError, NameError...) cancels every worker and is
+  re-raised; cancellation (KeyboardInterrupt through the sync bridge, ``task.cancel()``) cancels
+  the workers and re-raises; no task is left running either way;
+* progress is published as :class:`BatchSnapshot` events to a sink at most every
+  ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread.
+
+The pool knows nothing of HTTP or caches: the backend's ``run_batched`` builds on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from .config import BatchConfig
+from .errors import BatchAborted
+from .meter import BatchMeter, current_meter
+from .progress import ProgressSink, make_sink
+from .types import MinimaLlmFailure
+
+T = TypeVar("T")
+R = TypeVar("R")
+ProgressArg = bool | str | ProgressSink | None
+
+SNAPSHOT_INTERVAL_S = 0.2
+# Failures every row would share: retrying other rows only spends the budget slowly.
+FATAL_ERROR_TYPES = frozenset({"AuthError"})
+_NOT_RUN: Any = object()
+
+
+def default_fatal(result: Any) -> str | None:
+    """The abort message when ``result`` is a failure every other row would hit too."""
+    if isinstance(result, MinimaLlmFailure) and result.error_type in FATAL_ERROR_TYPES:
+        return f"stopped at the first {result.error_type} (every row would fail the same way): {result.message}"
+    return None
+
+
+class _Pool:
+    """State of one running batch; lives only for the duration of one call."""
+
+    def __init__(self, items, async_fn, *, max_failures, weights, fatal, meter) -> None:
+        self.items = items
+        self.async_fn = async_fn
+        self.max_failures = max_failures
+        self.weights = weights
+        self.fatal = fatal
+        self.meter = meter
+        self.results: list[Any] = [_NOT_RUN] * len(items)
+        self.next_index = 0
+        self.failures = 0
+        self.abort_reason: str | None = None
+
+    async def worker(self) -> None:
+        current_meter.set(self.meter)  # this task's own context copy
+        while self.abort_reason is None and self.next_index < len(self.items):
+            index = self.next_index
+            self.next_index += 1
+            result = await self.async_fn(self.items[index])
+            self.results[index] = result
+            self._count(index, result)
+
+    def _count(self, index: int, result: Any) -> None:
+        rows = self.weights[index] if self.weights is not None else 1
+        failed = isinstance(result, MinimaLlmFailure)
+        cached = bool(getattr(result, "cached", False))
+        for _ in range(rows):
+            self.meter.row_finished(cached=cached, failed=failed, error=result.message if failed else None)
+        if not failed:
+            return
+        self.failures += 1
+        reason = self.fatal(result) if self.fatal else None
+        if reason is None and self.max_failures and self.failures >= self.max_failures:
+            reason = (
+                f"stopped after {self.failures} failed requests (batch.max_failures={self.max_failures}, "
+                f"BATCH_MAX_FAILURES); last error: {result.error_type}: {result.message}"
+            )
+        if reason is not None and self.abort_reason is None:
+            self.abort_reason = reason
+
+    def finished_results(self) -> list[Any]:
+        return [None if r is _NOT_RUN else r for r in self.results]
+
+
+async def run_batched_callable(
+    items: Sequence[T],
+    async_fn: Callable[[T], Awaitable[R]],
+    *,
+    batch_config: BatchConfig | None = None,
+    num_workers: int | None = None,
+    max_failures: int | None = None,
+    progress: ProgressArg = True,
+    label: str = "minima",
+    total: int | None = None,
+    cached_rows: int = 0,
+    weights: Sequence[int] | None = None,
+    fatal: Callable[[Any], str | None] | None = default_fatal,
+    draw_in_loop: bool = True,
+) -> list[R]:
+    """Run ``async_fn`` over ``items`` with a pool of workers; return results in input order.
+
+    ``total``/``cached_rows``/``weights`` let a caller that answered some rows itself (from the
+    cache, or by sharing one answer among identical rows) show progress in rows: ``weights[i]``
+    is how many rows item ``i`` stands for. ``draw_in_loop=False`` leaves ``sink.draw()`` to the
+    caller's thread (the sync bridge does that in notebooks).
+    """
+    cfg = batch_config or BatchConfig()
+    workers = max(1, min(num_workers or cfg.num_workers, len(items)))
+    meter = BatchMeter(total if total is not None else len(items))
+    meter.rows_finished_from_cache(cached_rows)
+    sink = make_sink(progress, label=label, heartbeat_s=cfg.heartbeat_s, stall_s=cfg.stall_s)
+    pool = _Pool(
+        items, async_fn,
+        max_failures=cfg.max_failures if max_failures is None else max_failures,
+        weights=weights, fatal=fatal, meter=meter,
+    )
+    status = "error"
+    ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))
+    tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
+    try:
+        if tasks:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+        status = "aborted" if pool.abort_reason else "done"
+    except asyncio.CancelledError:
+        status = "interrupted"
+        raise
+    finally:
+        try:
+            await _cancel_all([*tasks, ticker])
+        finally:  # a second cancel can cut the wait short; the display must still end
+            sink.update(meter.snapshot())
+            sink.close(status)
+    if pool.abort_reason is not None:
+        raise BatchAborted(pool.abort_reason, pool.finished_results())
+    return pool.finished_results()
+
+
+async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool) -> None:
+    while True:
+        sink.update(meter.snapshot())
+        if draw:
+            sink.draw()
+        await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+
+
+async def _cancel_all(tasks: list[asyncio.Future]) -> None:
+    """Cancel and await every task, so none is left running whatever happened."""
+    for task in tasks:
+        task.cancel()
+    # Shielded so a second cancel of the caller cannot leave these half-cancelled.
+    await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))

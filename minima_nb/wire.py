@@ -1,0 +1,125 @@
+"""The OpenAI chat-completions wire format: request bodies out, answers in.
+
+Kept apart from the backend so that the batch API, the proxy and the tests build and read
+exactly the same JSON. Parsing is strict where it matters: a 2xx whose ``content`` is null or
+missing is a :class:`~minima_nb.errors.ResponseError`, never the text ``"None"``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ResponseError
+from .types import MinimaLlmRequest
+
+# Force-refresh temperature ramp: each refresh of the same prompt nudges the temperature up a
+# little (capped) so a deterministic server can come back with a different answer.
+REFRESH_TEMPERATURE_STEP = 0.05
+REFRESH_TEMPERATURE_MAX = 0.5
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """The fields of a chat completion the library keeps."""
+
+    text: str
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    model: str | None
+    raw: dict[str, Any]
+
+
+def check_messages(request_id: str, messages: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the row when ``messages`` is not a chat message list."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(
+            f"request {request_id!r}: messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+            f"not {type(messages).__name__}"
+        )
+    if not messages:
+        raise ValueError(f"request {request_id!r}: messages is empty; give at least one message")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping) or "role" not in msg:
+            raise ValueError(
+                f"request {request_id!r}: message {i} must be a dict with 'role' and 'content', got {msg!r:.80}"
+            )
+
+
+def build_payload(
+    request: MinimaLlmRequest, model: str, *, refresh_round: int | None = None, seed_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body for ``request``; ``refresh_round`` (0, 1, ...) adds the forced-refresh seed and ramp.
+
+    The caller's own ``seed`` and any explicit non-zero temperature are never overridden.
+    """
+    payload: dict[str, Any] = {"model": model, "messages": list(request.messages)}
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        payload["max_tokens"] = request.max_tokens
+    if request.extra:
+        payload.update(request.extra)
+    if refresh_round is not None:
+        payload.setdefault("seed", (seed_base + refresh_round) % 2**31)
+        if not payload.get("temperature"):
+            ramp = REFRESH_TEMPERATURE_STEP * (refresh_round + 1)
+            payload["temperature"] = round(min(REFRESH_TEMPERATURE_MAX, ramp), 4)
+    return payload
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as servers expect it."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_answer(body: bytes) -> ParsedAnswer:
+    """Read a chat-completion body; raise ResponseError when it holds no usable text."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ResponseError(f"server answered 2xx but the body is not JSON: {_preview(body)}") from None
+    if not isinstance(data, dict):
+        raise ResponseError(f"server answered 2xx with JSON that is not an object: {_preview(body)}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ResponseError(f"server answered 2xx without choices: {_preview(body)}")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    text = _content_text(message.get("content"))
+    finish_reason = choice.get("finish_reason")
+    if text is None:
+        raise ResponseError(
+            f"server answered 2xx with null content (finish_reason={finish_reason!r}); not cached"
+        )
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return ParsedAnswer(
+        text=text,
+        finish_reason=finish_reason,
+        input_tokens=_int_or_none(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        output_tokens=_int_or_none(usage.get("completion_tokens", usage.get("output_tokens"))),
+        model=data.get("model") if isinstance(data.get("model"), str) else None,
+        raw=data,
+    )
+
+
+def _content_text(content: Any) -> str | None:
+    """Plain string content, or the text parts of a content-part list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return "".join(parts) if parts else None
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _preview(body: bytes, limit: int = 120) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return repr(text + ("..." if len(body) > limit else ""))
