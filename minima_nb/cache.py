@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,9 @@ class PromptCache:
         self._hits = 0
         self._misses = 0
         self._writer = BatchWriter(self.path, _UPSERT, flush_interval_s, max_batch_rows)
+        # Rows queued but not yet committed, in queue order, so that a prompt asked again
+        # straight after its answer arrived is a hit rather than a second paid request.
+        self._pending: OrderedDict[str, tuple[int, CachedAnswer]] = OrderedDict()
         _OPEN_CACHES.add(self)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -249,8 +253,28 @@ class PromptCache:
             self._hits += hits
             self._misses += misses
 
+    def _pending_answers(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
+        """Answers among ``keys`` that are queued for writing but not committed yet."""
+        with self._lock:
+            self._drop_committed()
+            if not self._pending:
+                return {}
+            return {k: self._pending[k][1] for k in keys if k in self._pending}
+
+    def _drop_committed(self) -> None:
+        done = self._writer.done
+        while self._pending:
+            key, (seq, _) = next(iter(self._pending.items()))
+            if seq > done:
+                return
+            del self._pending[key]
+
     def get(self, key: str) -> CachedAnswer | None:
         """The cached answer for ``key``, or None."""
+        queued = self._pending_answers((key,))
+        if queued:
+            self._count(1, 0)
+            return queued[key]
         rows = self._query(f"SELECT {_ANSWER_COLUMNS} FROM responses WHERE key = ?", (key,))
         self._count(len(rows), 1 - len(rows))
         return CachedAnswer(*rows[0]) if rows else None
@@ -258,9 +282,10 @@ class PromptCache:
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedAnswer]:
         """The cached answers among ``keys`` (missing keys are absent), looked up 500 at a time."""
         unique = list(dict.fromkeys(keys))
-        found: dict[str, CachedAnswer] = {}
-        for start in range(0, len(unique), READ_CHUNK):
-            chunk = unique[start : start + READ_CHUNK]
+        found = self._pending_answers(unique)
+        to_read = [k for k in unique if k not in found] if found else unique
+        for start in range(0, len(to_read), READ_CHUNK):
+            chunk = to_read[start : start + READ_CHUNK]
             sql = f"SELECT key, {_ANSWER_COLUMNS} FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
             for key, *answer in self._query(sql, chunk):
                 found[key] = CachedAnswer(*answer)
@@ -304,7 +329,14 @@ class PromptCache:
 
         Raises ValueError for a row without text, CacheError if an earlier write failed.
         """
-        self._writer.submit(_row_values(row))
+        values = _row_values(row)
+        answer = CachedAnswer(row.text, row.input_tokens, row.output_tokens, row.finish_reason,
+                              row.latency_s, row.model)
+        with self._lock:
+            seq = self._writer.submit(values)
+            self._pending.pop(row.key, None)  # re-inserted last: the dict stays in queue order
+            self._pending[row.key] = (seq, answer)
+            self._drop_committed()
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until every row put so far is committed (CacheError after ``timeout`` seconds)."""

@@ -109,14 +109,20 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="minima-cache-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, values: _Values) -> None:
-        """Queue one serialised row; raise the pending error first, if any."""
+    def submit(self, values: _Values) -> int:
+        """Queue one serialised row and return its sequence number; raise the pending error first."""
         self.raise_pending()
         with self._cond:  # numbering and queueing together keep the queue in sequence order
             if self._stopping:
                 raise CacheError(f"the cache {str(self._path)!r} is closed; open it again to write.")
             self._submitted += 1
             self._queue.put((self._submitted, values))
+            return self._submitted
+
+    @property
+    def done(self) -> int:
+        """Sequence number of the last row handled (committed, or failed and reported)."""
+        return self._done
 
     def wait(self, timeout: float | None) -> None:
         """Block until every row submitted so far is handled, then raise the pending error."""
