@@ -4,13 +4,18 @@ asyncio objects are bound to the loop they were first used on. A backend must wo
 several loops one after another (``asyncio.run`` twice, a script then the notebook bridge), so
 everything loop-bound is created lazily, on the loop that uses it, through a :class:`LoopLocal`.
 Entries of loops that have since closed are dropped (and disposed of) the next time any loop asks.
+
+Objects that need an async close (HTTP pools) are closed when their loop shuts down, even if the
+user never called ``aclose()``: :meth:`LoopLocal.aget` starts a one-step async generator on the
+loop, and ``asyncio.run`` (like any orderly shutdown) finalizes live async generators through
+``loop.shutdown_asyncgens()`` before closing the loop; the generator's ``finally`` closes the object.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -22,10 +27,28 @@ class LoopLocal(Generic[T]):
     need that loop (it is gone).
     """
 
-    def __init__(self, factory: Callable[[], T], dispose: Callable[[T], None] | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], T],
+        dispose: Callable[[T], None] | None = None,
+        aclose: Callable[[T], Awaitable[Any]] | None = None,
+    ) -> None:
         self._factory = factory
         self._dispose = dispose
+        self._aclose = aclose
         self._items: dict[asyncio.AbstractEventLoop, T] = {}
+        self._guards: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+
+    async def aget(self) -> T:
+        """Like :meth:`get`, and arrange for ``aclose(obj)`` when the loop shuts down."""
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is None:
+            item = self.get()
+            if self._aclose is not None:
+                guard = self._guards[loop] = _close_at_shutdown(self._aclose, item)
+                await guard.__anext__()  # first iteration registers it with this loop
+        return item
 
     def get(self) -> T:
         """The object for the running loop, created on first use. Must be called inside a loop."""
@@ -43,6 +66,7 @@ class LoopLocal(Generic[T]):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
+        self._guards.pop(loop, None)  # its aclose would close the object a second time
         return self._items.pop(loop, None)
 
     def peek_current(self) -> T | None:
@@ -54,9 +78,17 @@ class LoopLocal(Generic[T]):
 
     def _prune_closed(self) -> None:
         for loop in [lp for lp in self._items if lp.is_closed()]:
+            self._guards.pop(loop, None)
             item = self._items.pop(loop)
             if self._dispose is not None:
                 self._dispose(item)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+async def _close_at_shutdown(aclose: Callable[[Any], Awaitable[Any]], item: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await aclose(item)

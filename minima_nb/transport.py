@@ -16,6 +16,7 @@ or URL credentials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,14 +111,11 @@ class AiohttpTransport(Transport):
 
         self._aiohttp = aiohttp
         self._timeouts: dict[float, Any] = {}
-        self._sessions: LoopLocal[Any] = LoopLocal(self._new_session, _forget_session)
-
-    def _new_session(self) -> Any:
-        aiohttp = self._aiohttp
-        # Concurrency is bounded by the backend's own semaphore; a connector limit would only
-        # queue requests inside aiohttp, where the wait would eat into their timeout.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # A backend used without aclose() (the seed's multi-loop pattern, a crash) must not leave
+        # sessions that warn "Unclosed client session": close each when its loop shuts down.
+        self._sessions: LoopLocal[Any] = LoopLocal(
+            functools.partial(_new_aiohttp_session, aiohttp), _forget_session, _close_session
+        )
 
     def _client_timeout(self, timeout_s: float) -> Any:
         timeout = self._timeouts.get(timeout_s)
@@ -127,7 +125,7 @@ class AiohttpTransport(Transport):
 
     async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
         aiohttp = self._aiohttp
-        session = self._sessions.get()
+        session = await self._sessions.aget()
         try:
             async with session.request(
                 method,
@@ -152,6 +150,17 @@ class AiohttpTransport(Transport):
         session = self._sessions.pop_current()
         if session is not None:
             await session.close()
+
+
+def _new_aiohttp_session(aiohttp: Any) -> Any:
+    # Concurrency is bounded by the backend's own semaphore; a connector limit would only
+    # queue requests inside aiohttp, where the wait would eat into their timeout.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+
+async def _close_session(session: Any) -> None:
+    await session.close()
 
 
 def _forget_session(session: Any) -> None:
@@ -180,16 +189,13 @@ class HttpxTransport(Transport):
 
         self._httpx = httpx
         self._user_client = client
-        self._clients: LoopLocal[Any] = LoopLocal(self._new_client)
-
-    def _new_client(self) -> Any:
-        httpx = self._httpx
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        return httpx.AsyncClient(limits=limits, follow_redirects=False, timeout=None)
+        self._clients: LoopLocal[Any] = LoopLocal(
+            functools.partial(_new_httpx_client, httpx), aclose=_close_httpx_client
+        )
 
     async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
         httpx = self._httpx
-        client = self._user_client or self._clients.get()
+        client = self._user_client or await self._clients.aget()
         try:
             # httpx timeouts are per phase; wait_for makes timeout_s a total, like aiohttp's.
             resp = await asyncio.wait_for(
@@ -208,6 +214,15 @@ class HttpxTransport(Transport):
         client = self._clients.pop_current()
         if client is not None:
             await client.aclose()
+
+
+def _new_httpx_client(httpx: Any) -> Any:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    return httpx.AsyncClient(limits=limits, follow_redirects=False, timeout=None)
+
+
+async def _close_httpx_client(client: Any) -> None:
+    await client.aclose()
 
 
 def _first_line(exc: BaseException) -> str:
