@@ -83,14 +83,12 @@ class MinimaLlmFailure:
     retryable: bool = False
     model: str | None = None
 
-    @property
-    def text(self) -> None:
-        """Failures have no text; this lets ``getattr(r, "text")`` code treat both alike."""
-        return None
+    # Deliberately no ``text`` attribute: minima-llm code tells answers from failures with
+    # ``hasattr(r, "text")``, and that must keep working unchanged.
 
     @property
     def cached(self) -> bool:
-        """Failures are never cached."""
+        """Failures are never cached; lets code read ``r.cached`` from any result."""
         return False
 
 
