@@ -1,0 +1,431 @@
+"""The pandas accessor ``minima``: ``df.minima.generate("prompt")``, ``agenerate`` and ``sweep``.
+
+It owns the notebook-facing surface: turning a column (strings or chat message lists) or a
+``{field}`` template into requests, running them as ONE batch through the backend, and turning
+the answers back into pandas objects aligned to the input's index (duplicate labels included).
+The accessor keeps no state beyond the pandas object it wraps (pandas builds a new accessor on
+every ``df.minima`` access) and never mutates that object.
+
+Threads: the sync methods run the batch on minima_nb's private loop (``run_sync``); snapshots
+are counted there, while the progress display is drawn *and closed* on the caller's thread, so
+a notebook bar always lands in the cell that made the call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import session
+from .errors import BatchAborted
+from .progress import make_sink
+from .prompts import Messages, check_system, column_slots, frame_slots
+from .runner import run_sync
+from .types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
+
+#: Columns of ``details=True`` frames, with their (nullable, Parquet-safe) dtypes.
+DETAIL_DTYPES: dict[str, str] = {
+    "text": "string", "cached": "boolean", "error": "string", "finish_reason": "string",
+    "input_tokens": "Int64", "output_tokens": "Int64", "attempts": "Int64",
+    "latency_s": "Float64", "model": "string",
+}
+MISSING_PROMPT = "missing prompt"
+REQUEST_PARAMS = ("model", "temperature", "max_tokens")
+PARTIAL_NOTE = (
+    "minima_nb: the rows that finished are in exc.partial (a details DataFrame aligned to your "
+    "index; rows that never ran are <NA>) and in the cache: run the same call again to resume."
+)
+
+
+# -- results -> pandas ------------------------------------------------------------------------
+
+
+def _detail_row(result: Any, missing: bool) -> dict[str, Any]:
+    if isinstance(result, MinimaLlmResponse):
+        return {"text": result.text, "cached": result.cached, "finish_reason": result.finish_reason,
+                "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
+                "attempts": result.attempts, "latency_s": result.latency_s, "model": result.model}
+    if isinstance(result, MinimaLlmFailure):
+        return {"cached": False, "error": f"{result.error_type}: {result.message}",
+                "attempts": result.attempts, "model": result.model}
+    return {"error": MISSING_PROMPT} if missing else {}  # else: never ran (aborted batch)
+
+
+def _details_frame(results: Sequence[Any], slots: Sequence[Messages | None], index: pd.Index):
+    rows = [_detail_row(r, m is None) for r, m in zip(results, slots, strict=True)]
+    data = {name: pd.array([row.get(name) for row in rows], dtype=dtype)
+            for name, dtype in DETAIL_DTYPES.items()}
+    return pd.DataFrame(data, index=index)
+
+
+def _failure_warning(results: Sequence[Any], slots: Sequence[Messages | None]) -> str | None:
+    failures = [r for r in results if isinstance(r, MinimaLlmFailure)]
+    if not failures:
+        return None
+    missing = sum(m is None for m in slots)
+    first = failures[0]
+    text = (f"minima: {len(failures):,} of {len(slots):,} rows failed and are <NA> "
+            f"(first error: {first.error_type}: {first.message})")
+    if missing:
+        text += f"; {missing:,} rows had no prompt and were not sent"
+    return text + ". Use details=True to see why each row failed."
+
+
+def _warn(message: str | None) -> None:
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)  # points at the user's call
+
+
+# -- one batch: requests per slot, run sync or async ------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value  # np.int64 is not JSON
+
+
+def _requests(slots: Sequence[Messages | None], params_of: Callable[[int], dict[str, Any]]):
+    """(requests, slot of each request) for the slots that have a prompt."""
+    positions = [p for p, messages in enumerate(slots) if messages is not None]
+    requests = [MinimaLlmRequest(request_id=f"row-{p}", messages=slots[p], **params_of(p))
+                for p in positions]
+    return requests, positions
+
+
+def _spread(results: Sequence[Any], positions: Sequence[int], size: int) -> list[Any]:
+    out: list[Any] = [None] * size
+    for position, result in zip(positions, results, strict=True):
+        out[position] = result
+    return out
+
+
+class _CloseOnCaller:
+    """Passes snapshots through, but keeps ``close()`` for the caller's thread.
+
+    The batch closes its sink on the loop thread; a notebook bar created or finished there
+    could be shown in another cell, so the status is recorded and :meth:`finish` closes the
+    real sink from the thread that waits for the batch.
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.status: str | None = None
+        self.updated = False
+
+    def update(self, snapshot: BatchSnapshot) -> None:
+        self.updated = True
+        self.sink.update(snapshot)
+
+    def draw(self) -> None:
+        self.sink.draw()
+
+    def close(self, status: str = "done") -> None:
+        self.status = status
+
+    def finish(self, fallback: str) -> None:
+        if self.status is not None or self.updated:  # nothing shown yet: show nothing
+            self.sink.draw()
+            self.sink.close(self.status or fallback)
+
+
+def _sink(backend: Any, progress: Any, label: str) -> Any:
+    batch = getattr(getattr(backend, "config", None), "batch", None)
+    timing = {"heartbeat_s": batch.heartbeat_s, "stall_s": batch.stall_s} if batch else {}
+    return make_sink(progress, label=label, **timing)
+
+
+def _run(backend, requests, *, progress, force_refresh, label) -> list[Any]:
+    """Run one batch from sync code (a script or a kernel cell), drawing on this thread."""
+    sink = _CloseOnCaller(_sink(backend, progress, label))
+    status = "error"  # the batch's own closing status wins; this is for when it never closed
+    try:
+        batch = backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
+                                    draw_in_loop=False)
+        results = run_sync(batch, on_poll=sink.draw)
+        status = "done"
+        return results
+    except BatchAborted:
+        status = "aborted"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        sink.finish(status)
+
+
+async def _arun(backend, requests, *, progress, force_refresh, label) -> list[Any]:
+    sink = _sink(backend, progress, label)
+    return await backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
+                                     draw_in_loop=True)
+
+
+def _note_partial(exc: BatchAborted, partial: pd.DataFrame) -> None:
+    exc.partial = partial
+    if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
+        exc.add_note(PARTIAL_NOTE)
+
+
+# -- the two kinds of call --------------------------------------------------------------------
+
+
+class _Job:
+    """One accessor call: a prompt (or None) per output slot, and one request per prompt."""
+
+    label = "minima"
+
+    def __init__(self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]):
+        self.slots = slots
+        self.requests, self.positions = _requests(slots, params_of)
+
+    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
+        """(the pandas result, a warning to show or None) from one result per slot."""
+        raise NotImplementedError
+
+    def _per_slot(self, answers: Sequence[Any]) -> list[Any]:
+        return _spread(answers, self.positions, len(self.slots))
+
+    def _aborted(self, exc: BatchAborted) -> None:
+        _note_partial(exc, self.shape(self._per_slot(exc.results), True)[0])
+
+    def run(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+        if not self.requests:  # nothing to send: no backend, no network, no bar
+            return self.shape(self._per_slot([]), details)
+        backend = session.get_backend() if backend is None else backend
+        try:
+            answers = _run(backend, self.requests, progress=progress,
+                           force_refresh=force_refresh, label=self.label)
+        except BatchAborted as exc:
+            self._aborted(exc)
+            raise
+        return self.shape(self._per_slot(answers), details)
+
+    async def arun(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+        if not self.requests:
+            return self.shape(self._per_slot([]), details)
+        backend = session.get_backend() if backend is None else backend
+        try:
+            answers = await _arun(backend, self.requests, progress=progress,
+                                  force_refresh=force_refresh, label=self.label)
+        except BatchAborted as exc:
+            self._aborted(exc)
+            raise
+        return self.shape(self._per_slot(answers), details)
+
+
+class _Generation(_Job):
+    """``generate``: one slot per row, the same parameters for every request."""
+
+    def __init__(self, slots, index: pd.Index, name: Hashable | None, params: dict[str, Any]):
+        extra = params.get("extra")
+        if extra is not None and not isinstance(extra, Mapping):
+            raise TypeError(f"extra must be a dict of OpenAI parameters, not {type(extra).__name__}")
+        params = {k: _plain(v) for k, v in params.items()}
+        super().__init__(slots, lambda _: params)
+        self.index, self.name = index, name
+
+    def shape(self, results, details):
+        frame = _details_frame(results, self.slots, self.index)
+        if details:
+            return frame, None
+        text = pd.Series(frame["text"].array, index=self.index, name=self.name)
+        return text, _failure_warning(results, self.slots)
+
+
+def _grid_options(key: str, value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple, range, np.ndarray, pd.Index, pd.Series)):
+        options = list(value)
+        if not options:
+            raise ValueError(f"sweep: {key}= has no values; give a value or a non-empty list")
+        return options
+    return [value]
+
+
+def _combo_params(combo: dict[str, Any]) -> dict[str, Any]:
+    params = {k: _plain(combo[k]) for k in REQUEST_PARAMS if k in combo}
+    extra = {k: _plain(v) for k, v in combo.items() if k not in REQUEST_PARAMS and v is not None}
+    return {**params, "extra": extra or None}
+
+
+class _Sweep(_Job):
+    """``sweep``: one slot per (row, grid combination), row by row, all in one batch."""
+
+    label = "minima sweep"
+
+    def __init__(self, frame: pd.DataFrame, row_slots, grid: dict[str, Any], model: str | None):
+        clash = sorted(set(grid) & ({"row", *DETAIL_DTYPES} - {"model"}))
+        if clash:
+            raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
+        self.keys = list(grid)
+        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
+        self.configured_model = model
+        self.rows = frame.index.repeat(len(self.combos))
+        width = len(self.combos)
+        slots = [messages for messages in row_slots for _ in range(width)]
+        super().__init__(slots, lambda p: _combo_params(self._combo(p)))
+
+    def _combo(self, position: int) -> dict[str, Any]:
+        return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))
+
+    def shape(self, results, details):
+        combos = [self._combo(p) for p in range(len(self.slots))]
+        columns: dict[str, Any] = {"row": self.rows}
+        columns["model"] = [c.get("model") or self.configured_model for c in combos]
+        for key in self.keys:
+            if key != "model":
+                columns[key] = [c[key] for c in combos]
+        grid = pd.DataFrame(columns)
+        info = _details_frame(results, self.slots, grid.index).drop(columns="model")
+        return pd.concat([grid, info], axis=1), None
+
+
+# -- the accessors ----------------------------------------------------------------------------
+
+
+def _call_params(model, temperature, max_tokens, extra) -> dict[str, Any]:
+    return {"model": model, "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
+
+
+@pd.api.extensions.register_dataframe_accessor("minima")
+class MinimaFrameAccessor:
+    """``df.minima``: run a column of prompts (or a template over the rows) through an LLM.
+
+    Every call is one batch: cached rows are read first, identical prompts are sent once, and
+    the result is a new object aligned to ``df.index``; ``df`` itself is never changed.
+    """
+
+    def __init__(self, pandas_obj: pd.DataFrame) -> None:
+        self._obj = pandas_obj
+
+    def _generation(self, prompt, system, name, params) -> _Generation:
+        slots, default_name = frame_slots(self._obj, prompt, system)
+        return _Generation(slots, self._obj.index, default_name if name is None else name, params)
+
+    def generate(self, prompt: str, *, backend: Any = None, system: str | None = None,
+                 model: str | None = None, temperature: float | None = None,
+                 max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
+                 details: bool = False, progress: Any = True, force_refresh: bool = False,
+                 name: Hashable | None = None) -> pd.Series | pd.DataFrame:
+        """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
+
+        ``prompt`` is a column of strings or chat message lists, or a template such as
+        ``"Translate to French: {text}"`` filled from each row. ``system`` is prepended as a
+        system message. Missing prompts (NaN, None, "", []) are not sent and come back
+        ``<NA>``, as do failed rows (one warning counts them). ``details=True`` returns a
+        DataFrame instead: text, cached, error, finish_reason, input_tokens, output_tokens,
+        attempts, latency_s, model. ``backend`` defaults to the one set by
+        ``minima_nb.configure()`` (or the environment); ``model`` overrides its model for this
+        call. ``progress``: True (a bar in a notebook, a heartbeat line elsewhere), False,
+        ``"text"``, ``"notebook"`` or a sink object.
+
+        If the batch stops early, ``BatchAborted`` is raised with ``exc.partial``: the details
+        frame of what finished (rows that never ran are ``<NA>``). Everything answered is in the
+        cache, so running the same call again resumes.
+
+        >>> df["answer"] = df.minima.generate("prompt")                          # doctest: +SKIP
+        >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
+        """
+        job = self._generation(prompt, system, name,
+                               _call_params(model, temperature, max_tokens, extra))
+        value, warning = job.run(backend, details=details, progress=progress,
+                                 force_refresh=force_refresh)
+        _warn(warning)
+        return value
+
+    async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
+                        model: str | None = None, temperature: float | None = None,
+                        max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
+                        details: bool = False, progress: Any = True,
+                        force_refresh: bool = False,
+                        name: Hashable | None = None) -> pd.Series | pd.DataFrame:
+        """:meth:`generate` on the caller's event loop: ``out = await df.minima.agenerate("prompt")``.
+
+        Same arguments and results. In a notebook prefer the sync :meth:`generate`: a cell that
+        awaits cannot be interrupted until the work ends (ipykernel issue 881).
+
+        >>> answers = await df.minima.agenerate("prompt", progress=False)        # doctest: +SKIP
+        """
+        job = self._generation(prompt, system, name,
+                               _call_params(model, temperature, max_tokens, extra))
+        value, warning = await job.arun(backend, details=details, progress=progress,
+                                        force_refresh=force_refresh)
+        _warn(warning)
+        return value
+
+    def sweep(self, prompt: str, *, backend: Any = None, system: str | None = None,
+              progress: Any = True, force_refresh: bool = False, **grid: Any) -> pd.DataFrame:
+        """Answer every row under every combination of the ``grid``; one long DataFrame.
+
+        Grid keys ``model``, ``temperature`` and ``max_tokens`` set those request fields; any
+        other key (``top_p``, ``seed``...) is sent as an extra OpenAI parameter. Each value is a
+        scalar or a list. Every (row, combination) pair goes into ONE batch (one cache, one
+        rate limit). Columns: ``row`` (the original index label), ``model`` (the grid's, or the
+        backend's when not swept), the other grid keys, then the ``details=True`` columns.
+
+        >>> runs = df.minima.sweep("prompt", model=["a", "b"], temperature=[0, 0.7])  # doctest: +SKIP
+        >>> runs.pivot_table(index="row", columns=["model", "temperature"],
+        ...                  values="text", aggfunc="first")                    # doctest: +SKIP
+        """
+        backend = session.get_backend() if backend is None else backend
+        row_slots, _ = frame_slots(self._obj, prompt, system)
+        model = getattr(getattr(backend, "config", None), "model", None)
+        job = _Sweep(self._obj, row_slots, grid, model)
+        value, _ = job.run(backend, details=True, progress=progress, force_refresh=force_refresh)
+        return value
+
+
+@pd.api.extensions.register_series_accessor("minima")
+class MinimaSeriesAccessor:
+    """``series.minima``: the DataFrame accessor with the Series as the prompt column.
+
+    ``generate``/``agenerate`` take the keyword arguments of ``DataFrame.minima.generate``.
+    """
+
+    def __init__(self, pandas_obj: pd.Series) -> None:
+        self._obj = pandas_obj
+
+    def _generation(self, options: dict[str, Any]) -> tuple[_Generation, dict[str, Any]]:
+        params, run_options = _split_options(options)
+        system, name = check_system(params.pop("system")), params.pop("name")
+        series = self._obj
+        column = "<series>" if series.name is None else series.name
+        slots = column_slots(series.tolist(), series.index, column, system)
+        return _Generation(slots, series.index, series.name if name is None else name,
+                           params), run_options
+
+    def generate(self, **options: Any) -> pd.Series | pd.DataFrame:
+        """Answer each value (a string or a chat message list); see ``DataFrame.minima.generate``.
+
+        >>> df["answer"] = df["prompt"].minima.generate(system="Answer in one word.")  # doctest: +SKIP
+        """
+        job, run_options = self._generation(options)
+        value, warning = job.run(**run_options)
+        _warn(warning)
+        return value
+
+    async def agenerate(self, **options: Any) -> pd.Series | pd.DataFrame:
+        """:meth:`generate` on the caller's event loop.
+
+        >>> answers = await df["prompt"].minima.agenerate(progress=False)        # doctest: +SKIP
+        """
+        job, run_options = self._generation(options)
+        value, warning = await job.arun(**run_options)
+        _warn(warning)
+        return value
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(request and naming options, run options) from ``generate``'s keyword arguments."""
+    run = {"backend": None, "details": False, "progress": True, "force_refresh": False}
+    params = {"system": None, "name": None, **_call_params(None, None, None, None)}
+    unknown = sorted(set(options) - set(run) - set(params))
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}; "
+                        f"known: {sorted({*run, *params})}")
+    for key, value in options.items():
+        (run if key in run else params)[key] = value
+    return params, run

@@ -1,0 +1,208 @@
+"""The example notebooks, and the accessor inside a real Jupyter kernel (nbclient, ipykernel).
+
+Each test starts a kernel of THIS virtualenv (a kernelspec written into a temporary
+JUPYTER_PATH, and checked from inside the kernel) with the OPENAI_* variables removed, so the
+notebooks start the embedded mock server and cache into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import queue
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ipykernel.kernelspec
+import nbformat
+import pytest
+from jupyter_client import KernelManager
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell
+
+from minima_nb.cache import CACHE_FILENAME
+from minima_nb.config import ENV_VARS
+from minima_nb.testing import MockServer
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb"]
+WHERE_AM_I = "import sys\nprint(sys.executable, sys.prefix)"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+CELL_TIMEOUT_S = 60
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def jupyter_path(tmp_path_factory):
+    """A JUPYTER_PATH whose "python3" kernel is this interpreter, whatever else is installed."""
+    prefix = tmp_path_factory.mktemp("jupyter")
+    ipykernel.kernelspec.install(kernel_name="python3", prefix=str(prefix))
+    return prefix / "share" / "jupyter"
+
+
+@pytest.fixture
+def kernel_env(jupyter_path, tmp_path, monkeypatch):
+    """Environment the kernel inherits: no endpoint configured, a temporary cache dir."""
+    for var, _, _ in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("MINIMA_NB_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    return cache_dir
+
+
+def _text(outputs) -> str:
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+def _errors(nb) -> list[str]:
+    return [f"{o.ename}: {o.evalue}" for cell in nb.cells for o in cell.get("outputs", [])
+            if o.output_type == "error"]
+
+
+def _progress_bars(nb) -> list[dict]:
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    return [m["state"] for m in state.values()
+            if m.get("model_name") in ("FloatProgressModel", "IntProgressModel")]
+
+
+def _assert_own_interpreter(where_am_i_output: str) -> None:
+    assert where_am_i_output.split() == [sys.executable, sys.prefix]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_clean_with_full_progress_bars(name, kernel_env, tmp_path):
+    """The notebook runs without errors in this venv's kernel; every progress bar ends at 100 %."""
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    nb.cells.insert(0, new_code_cell(WHERE_AM_I))
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    _assert_own_interpreter(_text(nb.cells[0].outputs))
+    assert _errors(nb) == []
+    assert _text(nb.cells[-1].outputs).strip().endswith("ok")  # the notebook's own checks
+    bars = _progress_bars(nb)
+    assert bars, "no progress widget was saved"
+    assert [(b["value"], b["max"]) for b in bars] == [(b["max"], b["max"]) for b in bars]
+    assert bars[-1]["max"] > 0 and bars[-1].get("bar_style") in (None, "", "success")
+
+
+def test_committed_notebooks_are_unexecuted_and_match_builder():
+    """The .ipynb files are what notebooks/_build.py writes: no outputs, no execution counts."""
+    builder = _load_builder()
+    for name in NOTEBOOKS:
+        committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        assert committed == builder.build(name), f"run notebooks/_build.py to refresh {name}"
+        for cell in committed.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None
+
+
+class Kernel:
+    """A kernel of this venv driven message by message, as a Jupyter front end does."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(cwd))
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=CELL_TIMEOUT_S)
+
+    def run_all(self, sources: list[str]) -> list[dict]:
+        """Queue every cell at once ("Run All"); per cell: its iopub outputs and reply status."""
+        ids = [self.kc.execute(source) for source in sources]
+        cells = {i: {"outputs": [], "status": None, "idle": False} for i in ids}
+        deadline = time.monotonic() + CELL_TIMEOUT_S * len(ids)
+        while not all(c["idle"] for c in cells.values()) and time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            cell = cells.get(msg["parent_header"].get("msg_id"))
+            if cell is None:
+                continue
+            if msg["msg_type"] == "status":
+                cell["idle"] = cell["idle"] or msg["content"]["execution_state"] == "idle"
+            elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
+                cell["outputs"].append({"output_type": msg["msg_type"], **msg["content"]})
+        for _ in ids:
+            reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT_S)
+            cells[reply["parent_header"]["msg_id"]]["status"] = reply["content"]["status"]
+        return [cells[i] for i in ids]
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(kernel_env, tmp_path):
+    k = Kernel(tmp_path)
+    yield k
+    k.close()
+
+
+def _has_widget(outputs: list[dict]) -> bool:
+    return any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "nest_asyncio"])
+def test_run_all_queued_generate_cells_each_produce_output(kernel, patched):
+    """Six generate cells queued at once all run with their own output and bar (also under nest_asyncio)."""
+    setup = _load_builder().SETUP
+    if patched:
+        setup = "import nest_asyncio\nnest_asyncio.apply()\n" + setup
+    cells = [
+        f"df{i} = pd.DataFrame({{'prompt': [f'cell {i} question {{j}}' for j in range(10)]}})\n"
+        f"r{i} = df{i}.minima.generate('prompt')\n"
+        f"print('cell {i}:', int(r{i}.notna().sum()))"
+        for i in range(6)
+    ]
+    results = kernel.run_all([WHERE_AM_I, setup, *cells])
+    _assert_own_interpreter(_text(results[0]["outputs"]))
+    assert [r["status"] for r in results] == ["ok"] * len(results)
+    for i, result in enumerate(results[2:]):
+        assert f"cell {i}: 10" in _text(result["outputs"])
+        assert _has_widget(result["outputs"]), f"cell {i} shows no progress bar"
+
+
+def _interrupt_when_busy(km: KernelManager, server: MockServer, sent: int, timeout_s: float):
+    """Interrupt the kernel once the server has seen ``sent`` requests (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while server.requests_total < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    km.interrupt_kernel()
+
+
+def test_interrupted_generate_keeps_kernel_and_finished_rows(kernel, kernel_env):
+    """Interrupting a long generate cell stops it, keeps the kernel alive and caches what finished."""
+    total = 2000
+    with MockServer(latency_s=0.2) as server:
+        setup = (
+            "import minima_nb, pandas as pd\n"
+            f"minima_nb.configure(base_url={server.base_url!r}, model='mock-model', "
+            f"cache_dir={str(kernel_env)!r}, rpm=0, batch={{'num_workers': 4}})\n"
+            f"df = pd.DataFrame({{'prompt': [f'long {{i}}' for i in range({total})]}})"
+        )
+        assert [r["status"] for r in kernel.run_all([WHERE_AM_I, setup])] == ["ok", "ok"]
+        interrupter = threading.Thread(target=_interrupt_when_busy,
+                                       args=(kernel.km, server, 20, 30.0), daemon=True)
+        interrupter.start()
+        [long_cell] = kernel.run_all(["out = df.minima.generate('prompt')"])
+        interrupter.join(timeout=CELL_TIMEOUT_S)
+        [after] = kernel.run_all(["print('alive', 'out' in globals())"])
+    assert long_cell["status"] == "error"
+    assert [o["ename"] for o in long_cell["outputs"] if o["output_type"] == "error"] == [
+        "KeyboardInterrupt"]
+    assert after["status"] == "ok" and "alive False" in _text(after["outputs"])
+    with sqlite3.connect(kernel_env / CACHE_FILENAME) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    assert 0 < rows < total
