@@ -18,11 +18,11 @@ demo: $(STAMP)
 	$(PY) -m minima_nb.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check minima_nb tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check minima_nb tests benchmarks
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
