@@ -24,6 +24,7 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .export import open_cache
 from .runner import run_sync
 from .session import configure, get_backend
 from .types import (
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "configure",
     "get_backend",
+    "open_cache",
     "run_batched_callable",
     "run_sync",
 ]
