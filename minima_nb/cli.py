@@ -8,10 +8,13 @@ Errors a user can cause are reported as one line on stderr with a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._version import __version__
@@ -63,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
                                        parser_class=_OneLineErrorParser)
     _add_mock_server_command(subparsers)
+    _add_cache_command(subparsers)
     return parser
 
 
@@ -125,6 +129,167 @@ def _wait_for_interrupt() -> None:
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+
+def _when(text: str) -> float:
+    from .export import to_epoch  # pandas/pyarrow load only when a date is given
+
+    try:
+        return to_epoch(text, "date")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_cache_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", metavar="M",
+                        help="only rows of this model (repeat for several)")
+    parser.add_argument("--namespace", action="append", metavar="NS",
+                        help="only rows of this cache namespace (repeat for several)")
+    parser.add_argument("--since", type=_when, metavar="DATE",
+                        help="only rows stored at or after DATE (ISO 8601; naive means UTC)")
+    parser.add_argument("--until", type=_when, metavar="DATE", help="only rows stored before DATE")
+
+
+def _add_cache_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="inspect, export, import or clear a prompt cache",
+        description="Work with a prompt cache directory (the backend's cache_dir): print its "
+                    "stats, export it to Parquet, import a Parquet export, delete rows.")
+    parser.set_defaults(handler=_cmd_cache, cache_parser=parser)
+    actions = parser.add_subparsers(dest="cache_command", metavar="ACTION",
+                                    parser_class=_OneLineErrorParser)
+    stats = actions.add_parser("stats", help="rows, models, tokens, size, oldest/newest answer")
+    stats.add_argument("dir", nargs="?", metavar="DIR", help="cache directory (default: $CACHE_DIR)")
+    stats.set_defaults(handler=_cmd_cache_stats)
+    export = actions.add_parser("export", help="write the cache (or a filtered part) to Parquet")
+    export.add_argument("dir", metavar="DIR", help="cache directory")
+    export.add_argument("out", metavar="OUT.parquet", help="file to write (replaced when complete)")
+    _add_cache_filters(export)
+    export.add_argument("--no-raw", action="store_true", help="leave out the raw server responses")
+    export.set_defaults(handler=_cmd_cache_export)
+    imp = actions.add_parser("import", help="merge a Parquet export into a cache")
+    imp.add_argument("dir", metavar="DIR", help="cache directory (created if needed)")
+    imp.add_argument("source", metavar="IN.parquet", help="a file written by 'cache export'")
+    imp.add_argument("--replace", action="store_true",
+                     help="overwrite stored answers that differ (default: keep them)")
+    imp.set_defaults(handler=_cmd_cache_import)
+    clear = actions.add_parser("clear", help="delete rows (all, or those matching the filters)")
+    clear.add_argument("dir", metavar="DIR", help="cache directory")
+    _add_cache_filters(clear)
+    clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    clear.set_defaults(handler=_cmd_cache_clear)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    args.cache_parser.print_help(sys.stderr)
+    return 2
+
+
+def _reports_cache_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a cache, file or value error into one line on stderr and exit code 1."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from .errors import CacheError
+
+        try:
+            return handler(args)
+        except (CacheError, OSError, ValueError) as exc:
+            _fail(f"cache {args.cache_command}: {' '.join(str(exc).split())}")
+            return 1
+
+    return run
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "namespace": args.namespace, "since": args.since, "until": args.until}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _counts(counts: dict[Any, int]) -> str:
+    return ", ".join(f"{'(none)' if name is None else name} {n:,}" for name, n in counts.items()) or "-"
+
+
+@_reports_cache_errors
+def _cmd_cache_stats(args: argparse.Namespace) -> int:
+    from .export import open_cache
+
+    directory = args.dir or os.environ.get("CACHE_DIR", "").strip()  # the variable config reads
+    if not directory:
+        _fail("cache stats: pass the cache directory (DIR) or set CACHE_DIR")
+        return 2
+    with open_cache(directory, create=False) as view:
+        stats = view.stats()
+    lines = [("cache", stats["path"]), ("rows", f"{stats['rows']:,}"),
+             ("models", _counts(stats["models"])), ("namespaces", _counts(stats["namespaces"])),
+             ("tokens", f"{stats['input_tokens']:,} in, {stats['output_tokens']:,} out"),
+             ("size", _size(stats["file_size_bytes"])),
+             ("oldest", stats["oldest"] or "-"), ("newest", stats["newest"] or "-")]
+    for name, value in lines:
+        print(f"{name:<11} {value}")
+    return 0
+
+
+@_reports_cache_errors
+def _cmd_cache_export(args: argparse.Namespace) -> int:
+    from .export import open_cache
+
+    with open_cache(args.dir, create=False) as view:
+        summary = view.to_parquet(args.out, include_raw=not args.no_raw, **_filters(args))
+    print(f"exported {summary['rows']:,} rows ({_size(summary['bytes'])}) to {summary['path']}")
+    return 0
+
+
+@_reports_cache_errors
+def _cmd_cache_import(args: argparse.Namespace) -> int:
+    from .export import check_parquet, open_cache
+
+    check_parquet(args.source)  # before open_cache, which would create an empty cache in DIR
+    with open_cache(args.dir) as view:
+        counts = view.from_parquet(args.source, on_conflict="replace" if args.replace else "keep")
+    invalid = f" ({counts['invalid']:,} without key or text)" if counts["invalid"] else ""
+    print(f"imported {args.source} into {args.dir}: {counts['inserted']:,} inserted, "
+          f"{counts['replaced']:,} replaced, {counts['skipped']:,} skipped{invalid}")
+    return 0
+
+
+@_reports_cache_errors
+def _cmd_cache_clear(args: argparse.Namespace) -> int:
+    from .export import open_cache
+
+    with open_cache(args.dir, create=False) as view:
+        matching = view.count(**_filters(args))
+        if matching == 0:
+            print(f"nothing to delete in {args.dir}")
+            return 0
+        if not args.yes and not _confirm(f"Delete {matching:,} rows from {args.dir}? [y/N] "):
+            _fail("cache clear: not confirmed, nothing deleted (pass --yes to skip the question)")
+            return 1
+        deleted = view.delete(**_filters(args))
+    print(f"deleted {deleted:,} rows from {args.dir}")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stdout, read one line of stdin; only y/yes is a yes (no stdin or EOF is a no)."""
+    print(question, end="", flush=True)
+    try:
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+    except (OSError, ValueError):  # stdin closed or unreadable
+        answer = ""
+    if not answer.endswith("\n"):
+        print()  # keep the next line off the question's line
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _fail(message: str) -> None:
