@@ -231,27 +231,37 @@ def cache_and_parquet() -> list:
             'cache.groupby("model")[["input_tokens", "output_tokens"]].sum()'
         ),
         new_markdown_cell(
-            "## Parquet export\n\nA dedicated export (`minima_nb.export`: "
-            "`open_cache(dir).to_pandas()` and `.to_parquet(path)`) lands with the Parquet "
-            "issue; the next cell is a placeholder for it. Until then it writes the frame read "
-            "above with pandas."
+            "## The cache as data: Parquet\n\n`open_cache` gives the same rows as a typed "
+            "DataFrame, streams them to a versioned Parquet file (zstd, written to a temporary "
+            "file and renamed into place), and imports such a file into another cache: share it "
+            "with a colleague, archive it next to a paper, or seed another machine's cache."
         ),
         new_code_cell(
-            "# --- PLACEHOLDER (Parquet issue): replace this cell with minima_nb.export ---\n"
-            "# from minima_nb.export import open_cache\n"
-            "# exported = open_cache(backend.config.cache_dir).to_pandas()\n"
-            "# open_cache(backend.config.cache_dir).to_parquet(parquet_path)\n"
-            'parquet_path = os.path.join(cache_dir, "cache.parquet")\n'
-            "cache.to_parquet(parquet_path)\n"
+            "from minima_nb import open_cache\n\n"
+            "view = open_cache(backend.cache.path)\n"
+            "view.stats()"
+        ),
+        new_code_cell(
+            'parquet_path = os.path.join(cache_dir, "answers.parquet")\n'
+            "view.to_parquet(parquet_path, include_raw=False)"
+        ),
+        new_code_cell(
             "exported = pd.read_parquet(parquet_path)\n"
-            "exported.shape",
-            metadata={"tags": ["parquet-placeholder"]},
+            "print(exported.dtypes)\n"
+            'exported.groupby("model")[["input_tokens", "output_tokens"]].sum()'
+        ),
+        new_code_cell(
+            "import tempfile\n\n"
+            "# A colleague's machine: an empty cache seeded from the file.\n"
+            "seeded = open_cache(tempfile.mkdtemp())\n"
+            "print(seeded.from_parquet(parquet_path))\n"
+            'seeded.to_pandas()[["model", "text", "created_at"]].head()'
         ),
         new_markdown_cell("## Check\n\nThe test suite runs this notebook; this cell states what it expects."),
         new_code_cell(
             "assert len(cache) >= len(df)\n"
             'assert {"key", "model", "messages", "text", "created_at"} <= set(cache.columns)\n'
-            "assert len(exported) == len(cache)\n"
+            "assert len(exported) == len(cache) == seeded.count()\n"
             'print("cache and parquet ok")'
         ),
     ]
