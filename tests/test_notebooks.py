@@ -199,6 +199,10 @@ def test_interrupted_generate_keeps_kernel_and_finished_rows(kernel, kernel_env)
         [long_cell] = kernel.run_all(["out = df.minima.generate('prompt')"])
         interrupter.join(timeout=CELL_TIMEOUT_S)
         [after] = kernel.run_all(["print('alive', 'out' in globals())"])
+        if after["status"] == "aborted":
+            # ipykernel 6 aborts requests that arrive right after a cell's error (its
+            # stop-on-error policy, not ours); ask once more, as a user would.
+            [after] = kernel.run_all(["print('alive', 'out' in globals())"])
     assert long_cell["status"] == "error"
     assert [o["ename"] for o in long_cell["outputs"] if o["output_type"] == "error"] == [
         "KeyboardInterrupt"]

@@ -95,7 +95,7 @@ def test_timeout_error_from_the_work_is_not_swallowed():
     async def slow() -> None:
         await asyncio.wait_for(asyncio.sleep(60), timeout=0.01)
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from 3.11 on
         run_sync(slow())
 
 
