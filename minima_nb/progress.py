@@ -115,7 +115,34 @@ class NullSink:
         """Nothing to close."""
 
 
-class TextSink:
+class _SnapshotSink:
+    """What both visible sinks share: the latest snapshot kept apart from drawing, a one-time close."""
+
+    def __init__(self, label: str, clock: Clock) -> None:
+        self.label = label
+        self._clock = clock
+        self._latest = _Latest(clock)
+        self._draw_lock = threading.Lock()
+        self._closed = False
+
+    def update(self, snapshot: BatchSnapshot) -> None:
+        """Store the newest snapshot (any thread)."""
+        if not self._closed:
+            self._latest.put(snapshot)
+
+    def close(self, status: str = "done") -> None:
+        """Render the final state once; ``status`` is one of :data:`STATUSES`."""
+        with self._draw_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._finish(self._latest.get()[0] or BatchSnapshot(total=0), status)
+
+    def _finish(self, snapshot: BatchSnapshot, status: str) -> None:
+        raise NotImplementedError
+
+
+class TextSink(_SnapshotSink):
     """A heartbeat line every ``heartbeat_s``, a stall warning, and a summary line on close.
 
     Meant for terminals, scripts and logs: each line stands alone (no carriage returns), so it
@@ -131,24 +158,15 @@ class TextSink:
         stream: TextIO | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.label = label
+        super().__init__(label, clock)
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
         self._stream = stream
-        self._clock = clock
-        self._latest = _Latest(clock)
-        self._draw_lock = threading.Lock()
-        self._closed = False
         self._last_beat_at = clock()
         self._sent_at_last_beat = 0
         self._received_at_last_beat = 0
         # ``done`` when the current stall was reported; None while not stalled.
         self._stall_reported_at_done: int | None = None
-
-    def update(self, snapshot: BatchSnapshot) -> None:
-        """Store the newest snapshot (any thread)."""
-        if not self._closed:
-            self._latest.put(snapshot)
 
     def draw(self) -> None:
         """Print a stall warning or a heartbeat line when one is due."""
@@ -164,14 +182,9 @@ class TextSink:
             if now - self._last_beat_at >= self.heartbeat_s and not _is_finished(snapshot):
                 self._write(self._heartbeat_line(snapshot, now))
 
-    def close(self, status: str = "done") -> None:
-        """Print the one-line summary (once)."""
-        with self._draw_lock:
-            if self._closed:
-                return
-            self._closed = True
-            snapshot = self._latest.get()[0] or BatchSnapshot(total=0)
-            self._write(self._summary_line(snapshot, status))
+    def _finish(self, snapshot: BatchSnapshot, status: str) -> None:
+        """Print the one-line summary."""
+        self._write(self._summary_line(snapshot, status))
 
     def _check_stall(self, snapshot: BatchSnapshot, idle_s: float) -> None:
         if _is_finished(snapshot) or idle_s < self.stall_s:
@@ -247,7 +260,7 @@ class _RecentRate:
         return (count - first_count) / (at_s - first_at)
 
 
-class NotebookSink:
+class NotebookSink(_SnapshotSink):
     """A ``tqdm.auto`` bar: an ipywidgets bar in a Jupyter kernel, a text bar elsewhere.
 
     The bar's ``total`` is the batch size and ``n`` the finished rows; the postfix carries
@@ -263,13 +276,9 @@ class NotebookSink:
         clock: Clock = time.monotonic,
         tqdm_cls: Any = None,
     ) -> None:
-        self.label = label
+        super().__init__(label, clock)
         self.min_interval_s = min_interval_s
-        self._clock = clock
         self._tqdm_cls = tqdm_cls
-        self._latest = _Latest(clock)
-        self._draw_lock = threading.Lock()
-        self._closed = False
         self._bar: Any = None
         self._drawn_version = 0
         self._drawn_at: float | None = None
@@ -279,11 +288,6 @@ class NotebookSink:
     def bar(self) -> Any:
         """The tqdm bar, once the first snapshot was drawn (``None`` before)."""
         return self._bar
-
-    def update(self, snapshot: BatchSnapshot) -> None:
-        """Store the newest snapshot (any thread)."""
-        if not self._closed:
-            self._latest.put(snapshot)
 
     def draw(self) -> None:
         """Redraw the bar if the snapshot changed and ``min_interval_s`` has passed."""
@@ -300,20 +304,15 @@ class NotebookSink:
             self._drawn_version = version
             self._drawn_at = now
 
-    def close(self, status: str = "done") -> None:
+    def _finish(self, snapshot: BatchSnapshot, status: str) -> None:
         """Draw the final state and close the bar, kept on screen; red unless ``"done"``."""
-        with self._draw_lock:
-            if self._closed:
-                return
-            self._closed = True
-            snapshot = self._latest.get()[0] or BatchSnapshot(total=0)
-            if status == "done":
-                self._render(snapshot, max(snapshot.done, snapshot.total))
-            else:
-                self._render(snapshot, snapshot.done)
-                self._mark_failed(status)
-            # tqdm's notebook bar turns green on close when n reached total, red otherwise.
-            self._bar.close()
+        if status == "done":
+            self._render(snapshot, max(snapshot.done, snapshot.total))
+        else:
+            self._render(snapshot, snapshot.done)
+            self._mark_failed(status)
+        # tqdm's notebook bar turns green on close when n reached total, red otherwise.
+        self._bar.close()
 
     def _render(self, snapshot: BatchSnapshot, n: int) -> None:
         bar = self._ensure_bar(snapshot)
