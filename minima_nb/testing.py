@@ -8,7 +8,13 @@ at random from a seeded generator.
 
 Rate limiting uses a *sliding* 60-second window of admitted requests. The reset header and
 ``Retry-After`` both give the time until the oldest request in the window leaves it, i.e. when
-the next request will be admitted again.
+the next request will be admitted again. ``rate_window_s`` enforces the same per-minute limit
+over a shorter window (as OpenAI does: "60 rpm" may be enforced as 1 request per second), so a
+storm test does not need minutes.
+
+Further fault modes for the reliability suite: ``max_body_bytes`` answers 413 to larger bodies,
+``redirect_to`` answers every chat request with a redirect elsewhere, and ``echo_credentials``
+quotes the received Authorization header in every error body (as some servers and proxies do).
 
 Run it from sync code (``with MockServer() as s:`` runs a private loop in a daemon thread) or
 from async code (``async with MockServer() as s:`` runs on the current loop).
@@ -163,9 +169,13 @@ class MockServer:
                                                "drop", "malformed"),
                  seed: int = 0, ratelimit_headers: bool = True, timeout_delay_s: float = 30.0,
                  require_api_key: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, rate_window_s: float = _WINDOW_S,
+                 max_body_bytes: int | None = None, redirect_to: str | None = None,
+                 redirect_status: int = 307, echo_credentials: bool = False) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
+        if rate_window_s <= 0:
+            raise ValueError(f"rate_window_s must be > 0 seconds, got {rate_window_s}")
         self._host, self._requested_port = host, port
         self._latency_s, self._timeout_delay_s = latency_s, timeout_delay_s
         self._fault_rate, self._fault_kinds = fault_rate, _check_kinds(fault_kinds)
@@ -173,6 +183,9 @@ class MockServer:
         self._ratelimit_headers = ratelimit_headers
         self._api_key = require_api_key
         self._clock = clock
+        self._rate_window_s, self._max_body_bytes = rate_window_s, max_body_bytes
+        self._redirect = (redirect_status, redirect_to) if redirect_to else None
+        self._echo_credentials = echo_credentials
         self._lock = threading.Lock()  # handlers run on the server loop, tests read elsewhere
         self._scripts: dict[str, deque[str]] = {}
         self._window: deque[float] = deque()
@@ -323,8 +336,9 @@ class MockServer:
     # ----- request handling (server loop) -----
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -334,7 +348,15 @@ class MockServer:
             self._requests_total += 1
             self._by_prompt[prompt] += 1
             self._last_headers, self._last_json = request.headers, body or {}
-        response, status = await self._respond(request, body, prompt)
+        if self._max_body_bytes is not None and len(raw) > self._max_body_bytes:
+            response, status = _error_response(413, {}), 413
+        elif self._redirect is not None:
+            status = self._redirect[0]
+            response = web.Response(status=status, headers={"Location": self._redirect[1]})
+        else:
+            response, status = await self._respond(request, body, prompt)
+        if self._echo_credentials and status >= 400 and isinstance(response, web.Response):
+            response = _echo_credentials(response, request.headers.get("Authorization", ""))
         with self._lock:
             self._by_status[status] += 1
         return response
@@ -367,14 +389,15 @@ class MockServer:
             rpm = self._rate_limit
             if rpm is None:
                 return {}, None
-            now = self._clock()
-            while self._window and self._window[0] <= now - _WINDOW_S:
+            now, span = self._clock(), self._rate_window_s
+            capacity = max(1, round(rpm * span / _WINDOW_S))  # rpm itself for the 60 s window
+            while self._window and self._window[0] <= now - span:
                 self._window.popleft()
-            admitted = len(self._window) < rpm
+            admitted = len(self._window) < capacity
             if admitted and consume:
                 self._window.append(now)
-            reset_s = self._window[0] + _WINDOW_S - now if self._window else 0.0
-            remaining = max(0, rpm - len(self._window))
+            reset_s = self._window[0] + span - now if self._window else 0.0
+            remaining = max(0, capacity - len(self._window))
         headers = _ratelimit_headers(rpm, remaining, reset_s) if self._ratelimit_headers else {}
         return headers, None if admitted else max(1, math.ceil(reset_s))
 
@@ -418,7 +441,10 @@ class MockServer:
     async def _fault(self, kind: str, request: web.Request, body: dict,
                      headers: dict[str, str]) -> tuple[web.StreamResponse, int]:
         if kind == "429":
-            headers = {**_ratelimit_headers(self._rate_limit or 60, 0, 1.0), "Retry-After": "1"}
+            # ratelimit_headers=False leaves only Retry-After, so random 429s in a fault mix do
+            # not also tell the client "limit 60/min, none left for 1 s" and slow it down.
+            limits = _ratelimit_headers(self._rate_limit or 60, 0, 1.0) if self._ratelimit_headers else {}
+            headers = {**limits, "Retry-After": "1"}
         if kind in _429_ERRORS:
             return _error_response(429, headers, _429_ERRORS[kind]), 429
         if kind == "timeout":
@@ -434,6 +460,15 @@ class MockServer:
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)
         return _error_response(status, headers), status
+
+
+def _echo_credentials(response: web.Response, authorization: str) -> web.Response:
+    """The same error with the received Authorization header quoted in its message."""
+    payload = json.loads(response.body)
+    payload["error"]["message"] += f" (request had Authorization: {authorization})"
+    dropped = ("content-length", "content-type")  # set again by _json_response
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
+    return _json_response(response.status, payload, headers)
 
 
 async def _drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
