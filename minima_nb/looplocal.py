@@ -76,6 +76,23 @@ class LoopLocal(Generic[T]):
         except RuntimeError:
             return None
 
+    def release_all(self) -> None:
+        """Close every object now or soon, each on its own loop; for an owner that is going away.
+
+        An object whose loop still runs is closed by a task on that loop (the task keeps it alive
+        until then); one whose loop is stopped or closed is disposed of synchronously.
+        """
+        items, self._items, self._guards = list(self._items.items()), {}, {}
+        for loop, item in items:
+            if self._aclose is not None and loop.is_running() and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(_start_close, loop, self._aclose, item)
+                    continue
+                except RuntimeError:  # closed in the meantime
+                    pass
+            if self._dispose is not None:
+                self._dispose(item)
+
     def _prune_closed(self) -> None:
         for loop in [lp for lp in self._items if lp.is_closed()]:
             self._guards.pop(loop, None)
@@ -85,6 +102,15 @@ class LoopLocal(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+_CLOSING: set[asyncio.Task[Any]] = set()  # strong references until each close has finished
+
+
+def _start_close(loop: asyncio.AbstractEventLoop, aclose: Callable[[Any], Awaitable[Any]], item: Any) -> None:
+    task = loop.create_task(aclose(item))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
 
 
 async def _close_at_shutdown(aclose: Callable[[Any], Awaitable[Any]], item: Any) -> AsyncIterator[None]:

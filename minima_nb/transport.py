@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
+import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +118,10 @@ class AiohttpTransport(Transport):
         self._sessions: LoopLocal[Any] = LoopLocal(
             functools.partial(_new_aiohttp_session, aiohttp), _forget_session, _close_session
         )
+        # And when this transport is dropped while a loop still runs (a throwaway backend in a
+        # notebook), hand each session to its loop to close; the factory above holds no
+        # reference to self, so the transport can be collected.
+        weakref.finalize(self, LoopLocal.release_all, self._sessions)
 
     def _client_timeout(self, timeout_s: float) -> Any:
         timeout = self._timeouts.get(timeout_s)
@@ -126,6 +132,8 @@ class AiohttpTransport(Transport):
     async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
         aiohttp = self._aiohttp
         session = await self._sessions.aget()
+        # The translated error is raised after the except block: raising inside it would keep
+        # aiohttp's exception as __context__, whose traceback holds the session in a cycle.
         try:
             async with session.request(
                 method,
@@ -138,13 +146,14 @@ class AiohttpTransport(Transport):
                 payload = await resp.read()
                 return HttpReply(resp.status, resp.headers, payload)
         except asyncio.TimeoutError:
-            raise self._timeout(url, timeout_s) from None
+            error: Exception = self._timeout(url, timeout_s)
         except aiohttp.ClientConnectorError as exc:
-            raise self._cannot_connect(url, exc.strerror or type(exc).__name__) from None
+            error = self._cannot_connect(url, _os_reason(exc.os_error))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise self._dropped(url, type(exc).__name__) from None
+            error = self._dropped(url, type(exc).__name__)
         except aiohttp.ClientError as exc:
-            raise self._dropped(url, f"{type(exc).__name__}: {_first_line(exc)}") from None
+            error = self._dropped(url, f"{type(exc).__name__}: {_first_line(exc)}")
+        raise error
 
     async def aclose(self) -> None:  # noqa: D102
         session = self._sessions.pop_current()
@@ -192,6 +201,7 @@ class HttpxTransport(Transport):
         self._clients: LoopLocal[Any] = LoopLocal(
             functools.partial(_new_httpx_client, httpx), aclose=_close_httpx_client
         )
+        weakref.finalize(self, LoopLocal.release_all, self._clients)
 
     async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
         httpx = self._httpx
@@ -202,13 +212,14 @@ class HttpxTransport(Transport):
                 client.request(method, url, content=body, headers=headers, follow_redirects=False),
                 timeout_s,
             )
+            return HttpReply(resp.status_code, resp.headers, resp.content)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise self._timeout(url, timeout_s) from None
+            error: Exception = self._timeout(url, timeout_s)
         except httpx.ConnectError as exc:
-            raise self._cannot_connect(url, _first_line(exc) or "connection refused") from None
+            error = self._cannot_connect(url, _first_line(exc) or "connection refused")
         except httpx.HTTPError as exc:
-            raise self._dropped(url, f"{type(exc).__name__}: {_first_line(exc)}") from None
-        return HttpReply(resp.status_code, resp.headers, resp.content)
+            error = self._dropped(url, f"{type(exc).__name__}: {_first_line(exc)}")
+        raise error  # outside the except block, for the same reason as aiohttp's
 
     async def aclose(self) -> None:  # noqa: D102
         client = self._clients.pop_current()
@@ -223,6 +234,13 @@ def _new_httpx_client(httpx: Any) -> Any:
 
 async def _close_httpx_client(client: Any) -> None:
     await client.aclose()
+
+
+def _os_reason(os_error: OSError | None) -> str:
+    """"Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 9)"."""
+    if os_error is not None and os_error.errno:
+        return os.strerror(os_error.errno)
+    return _first_line(os_error) if os_error is not None else "connection failed"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -401,11 +401,6 @@ def test_refused_connection_stops_the_batch_with_one_clear_line(env: Env):
     assert_nothing_damaged(env)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transport.AiohttpTransport.request raises ConnectError inside `except ClientConnectorError`: "
-    "the aiohttp exception (its __context__) keeps a frame<->traceback cycle holding the session "
-    "and the backend, so when the backend is dropped they die in one GC pass and the session's "
-    "__del__ runs before LoopLocal's shutdown generator can close it"))
 def test_failed_connection_leaves_no_unclosed_session_noise(caplog):
     """A throwaway backend that met a refused connection, once dropped, prints no "Unclosed client session"."""
     backend = OpenAIMinimaLlm(fast_config(refused_url(), max_attempts=1))
