@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .batch import ProgressArg, run_batched_callable
-from .cache import CachedAnswer, CacheRow, KeyTracer, PromptCache, cache_key
+from .cache import CachedAnswer, KeyTracer, PromptCache, cache_key
 from .config import MinimaLlmConfig
 from .errors import BatchAborted, CallError, ClientError
 from .looplocal import LoopLocal
@@ -130,7 +130,8 @@ class OpenAIMinimaLlm:
             first_of.setdefault(k, i)
         hits = await self._bulk_lookup(list(first_of)) if self._cache is not None and not refresh else {}
         by_key: dict[str, Any] = {
-            k: self._from_cache(requests[i], hits[k], k, include_raw) for k, i in first_of.items() if k in hits
+            k: self._cached_response(requests[i].request_id, *hits[k][:6], k, include_raw)
+            for k, i in first_of.items() if k in hits
         }
         todo = [i for k, i in first_of.items() if k not in hits]
 
@@ -195,25 +196,35 @@ class OpenAIMinimaLlm:
             self._tracer.trace(key, canonical)
         return key
 
-    async def _bulk_lookup(self, keys: list[str]) -> dict[str, CachedAnswer]:
+    async def _bulk_lookup(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
         # Large lookups leave the loop thread; small ones are cheaper than a thread hop.
         if len(keys) <= 64:
-            return self._cache.get_many(keys)
-        return await asyncio.to_thread(self._cache.get_many, keys)
+            return self._cache.get_many_rows(keys)
+        return await asyncio.to_thread(self._cache.get_many_rows, keys)
 
     def _from_cache(
         self, request: MinimaLlmRequest, hit: CachedAnswer, key: str, include_raw: bool
     ) -> MinimaLlmResponse:
+        return self._cached_response(
+            request.request_id, hit.text, hit.input_tokens, hit.output_tokens, hit.finish_reason,
+            hit.latency_s, hit.model, key, include_raw,
+        )
+
+    def _cached_response(
+        self, request_id: str, text: str, input_tokens: int | None, output_tokens: int | None,
+        finish_reason: str | None, latency_s: float | None, model: str | None, key: str,
+        include_raw: bool,
+    ) -> MinimaLlmResponse:
         raw = self._cache.get_raw(key) if include_raw else None
         return MinimaLlmResponse(
-            request_id=request.request_id,
-            text=hit.text,
+            request_id=request_id,
+            text=text,
             cached=True,
-            usage=Usage(hit.input_tokens, hit.output_tokens),
-            finish_reason=hit.finish_reason,
-            latency_s=hit.latency_s,
+            usage=Usage(input_tokens, output_tokens),
+            finish_reason=finish_reason,
+            latency_s=latency_s,
             attempts=0,
-            model=hit.model,
+            model=model,
             raw=raw,
         )
 
@@ -260,9 +271,11 @@ class OpenAIMinimaLlm:
             )
 
     async def _attempt(self, body: bytes, token_estimate: int) -> tuple[ParsedAnswer, float]:
-        await self._pacer.acquire(token_estimate)
         meter = current_meter.get()
         async with self._outstanding.get():
+            # Paced inside the slot: a request that queued for a slot must still ask the pacer
+            # when it gets one, or it would go out blind after the first 429s were learned.
+            await self._pacer.acquire(token_estimate)
             if meter is not None:
                 meter.attempt_started()
             started = self._clock()
@@ -305,21 +318,11 @@ class OpenAIMinimaLlm:
 
     def _store(self, key: str, request: MinimaLlmRequest, model: str, answer: ParsedAnswer, latency: float) -> None:
         params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
-        self._cache.put(
-            CacheRow(
-                key=key,
-                namespace=self.config.cache_namespace,
-                model=model,
-                messages=[dict(m) for m in request.messages],
-                params=params,
-                text=answer.text,
-                raw=answer.raw,
-                input_tokens=answer.input_tokens,
-                output_tokens=answer.output_tokens,
-                finish_reason=answer.finish_reason,
-                latency_s=latency,
-                created_at=time.time(),
-            )
+        self._cache.put_fields(
+            key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
+            answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,
+            created_at=time.time(), raw_json=answer.raw_json,
         )
 
 

@@ -18,9 +18,22 @@ from typing import Any
 
 __all__ = ["KeyTracer", "cache_key", "canonical_json", "normalise_numbers"]
 
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds this same
+# encoder on every call; one shared instance (it keeps no state between calls) saves that.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def normalise_numbers(obj: Any) -> Any:
     """Turn integral floats into ints (so ``0`` and ``0.0`` hash alike), tuples into lists, recursively."""
+    kind = type(obj)
+    # Exact-type checks first: they answer for nearly every value of a chat request, and an
+    # isinstance() against the Mapping ABC costs several times more (this runs once per row).
+    if kind is str or kind is int or kind is bool or obj is None:
+        return obj
+    if kind is dict:
+        return {key: normalise_numbers(value) for key, value in obj.items()}
+    if kind is list:
+        return [normalise_numbers(item) for item in obj]
     if isinstance(obj, float):
         return int(obj) if obj.is_integer() else obj
     if isinstance(obj, Mapping):
@@ -32,7 +45,20 @@ def normalise_numbers(obj: Any) -> Any:
 
 def canonical_json(obj: Any) -> str:
     """The one JSON spelling of ``obj``: numbers normalised, keys sorted, no spaces, UTF-8 kept."""
-    return json.dumps(normalise_numbers(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(normalise_numbers(obj))
+
+
+def _plain_messages(messages: Any) -> bool:
+    """Whether ``messages`` is a list of dicts of strings, which normalising would leave as it is."""
+    if type(messages) is not list:
+        return False
+    for message in messages:
+        if type(message) is not dict:
+            return False
+        for value in message.values():
+            if type(value) is not str:
+                return False
+    return True
 
 
 def cache_key(
@@ -47,16 +73,18 @@ def cache_key(
 
     ``namespace`` joins the key only when set, so keys made without one never change.
     """
+    # Each value is normalised on its own (the same as normalising the whole payload); the usual
+    # message list of string dicts needs no copy, and the encoder sorts its keys anyway.
     payload: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "extra": extra if extra else None,  # {} and None send the same request
+        "model": normalise_numbers(model),
+        "messages": messages if _plain_messages(messages) else normalise_numbers(messages),
+        "temperature": normalise_numbers(temperature),
+        "max_tokens": normalise_numbers(max_tokens),
+        "extra": normalise_numbers(extra) if extra else None,  # {} and None send the same request
     }
     if namespace is not None:
-        payload["namespace"] = namespace
-    canonical = canonical_json(payload)
+        payload["namespace"] = normalise_numbers(namespace)
+    canonical = _CANONICAL.encode(payload)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
 
 

@@ -31,10 +31,19 @@ class ParsedAnswer:
     output_tokens: int | None
     model: str | None
     raw: dict[str, Any]
+    raw_json: str | None = None  # the body as received, when it is plain UTF-8 JSON text
 
 
 def check_messages(request_id: str, messages: Any) -> None:
     """Raise ``TypeError``/``ValueError`` naming the row when ``messages`` is not a chat message list."""
+    if type(messages) is list and messages:
+        # The usual shape, checked without the Sequence/Mapping ABC isinstance calls below,
+        # which cost more than the rest of a cached row's lookup; anything else is checked fully.
+        for msg in messages:
+            if type(msg) is not dict or "role" not in msg:
+                break
+        else:
+            return
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError(
             f"request {request_id!r}: messages must be a list of {{'role': ..., 'content': ...}} dicts, "
@@ -103,7 +112,17 @@ def parse_answer(body: bytes) -> ParsedAnswer:
         output_tokens=_int_or_none(usage.get("completion_tokens", usage.get("output_tokens"))),
         model=data.get("model") if isinstance(data.get("model"), str) else None,
         raw=data,
+        raw_json=_body_text(body),
     )
+
+
+def _body_text(body: bytes) -> str | None:
+    """The body as text, to be stored instead of re-encoding ``raw``; None if it is not plain UTF-8."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text.startswith("\ufeff") else text  # json.loads(str) refuses a BOM
 
 
 def _content_text(content: Any) -> str | None:

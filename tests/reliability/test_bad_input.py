@@ -207,9 +207,7 @@ def cache_file_random_bytes(env: Env) -> Any:
 
 
 @raising("a cache file damaged inside (valid header, garbled pages)", CacheError,
-         "minima_llm.db", "malformed", "cache_dir",
-         bug="cache._query wraps 'database disk image is malformed' without saying what to do "
-             "(move the file away / pass another cache_dir), unlike the other CacheErrors")
+         "minima_llm.db", "malformed", "move it away", "cache_dir")
 def cache_file_damaged_pages(env: Env) -> Any:
     directory = env.tmp_path / "damaged"
     requests = [ask(f"to be damaged {i} " + "x" * 300) for i in range(400)]

@@ -105,9 +105,6 @@ def test_rate_limit_storm_settles_at_the_servers_limit(storm):
     assert (statuses[200] - STORM_PER_SECOND) / storm["elapsed"] <= STORM_PER_SECOND * 1.1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "backend._attempt asks the pacer before waiting for a max_outstanding slot, so requests "
-    "that queued for a slot are sent after the first 429s/headers arrived without asking again"))
 @pytest.mark.timeout(60)
 def test_rate_limit_storm_overshoots_only_with_the_first_blind_wave(storm):
     """429s are at most the first wave's excess (max_outstanding - server's burst) plus 10 % of the requests."""
