@@ -5,7 +5,8 @@ Guarantees, each kept by a test:
 * results come back in input order, one per input (``None`` results included); a failed row is
   a :class:`MinimaLlmFailure` value in its slot, never an exception that loses the other rows;
 * past ``max_failures`` failed rows, or at the first failure every row would share (401, 403,
-  exhausted quota), the pool stops taking work and raises :class:`BatchAborted` carrying every
+  exhausted quota, or a connection failure before the server has answered anything), the pool
+  stops taking work and raises :class:`BatchAborted` carrying every
   result gathered so far (rows that never ran are ``None``);
 * a programming error in ``async_fn`` (TypeError, NameError...) cancels every worker and is
   re-raised; cancellation (KeyboardInterrupt through the sync bridge, ``task.cancel()``) cancels
@@ -79,6 +80,13 @@ class _Pool:
             return
         self.failures += 1
         reason = self.fatal(result) if self.fatal else None
+        if reason is None and result.error_type == "ConnectError" and self.meter.received == 0:
+            # Not one HTTP answer yet: a wrong base_url or a server that is down. Every row
+            # would spend its retries the same way, so say so now rather than after the budget.
+            reason = (
+                "stopped: the server has not answered a single request of this batch, so every row "
+                f"would fail the same way: {result.error_type}: {result.message}"
+            )
         if reason is None and self.max_failures and self.failures >= self.max_failures:
             reason = (
                 f"stopped after {self.failures} failed requests (batch.max_failures={self.max_failures}, "

@@ -489,3 +489,42 @@ def test_results_are_responses_with_expected_texts(srv, tmp_path):
     out = with_backend(make_config(srv, tmp_path), lambda b: b.run_batched(requests, progress=False))
     assert all(isinstance(r, MinimaLlmResponse) for r in out)
     assert [r.text for r in out] == [expected(f"x{i}") for i in range(20)]
+
+
+def test_connect_failures_after_answers_count_against_the_budget(srv, tmp_path):
+    """Once the server has answered in this batch, a row that cannot connect is a row failure, not an abort."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    live = OpenAIMinimaLlm(make_config(srv, tmp_path / "live", max_attempts=1))
+    dead = OpenAIMinimaLlm(make_config(srv, tmp_path / "dead", max_attempts=1).replace(base_url=dead_url))
+
+    async def answer(prompt):
+        return await (live if prompt == "alive" else dead).generate(ask(prompt))
+
+    async def body():
+        try:
+            return await run_batched_callable(["alive", "gone"], answer, num_workers=1, progress=False)
+        finally:
+            await live.aclose()
+            await dead.aclose()
+
+    results = asyncio.run(body())
+    assert results[0].text == expected("alive")
+    assert isinstance(results[1], MinimaLlmFailure) and results[1].error_type == "ConnectError"
+
+
+def test_connect_failure_before_any_answer_aborts_at_once(tmp_path):
+    """A batch whose server never answered stops at the first row that cannot connect."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    config = MinimaLlmConfig(base_url=dead_url, model="mock-model", rpm=0, max_attempts=1,
+                             batch={"num_workers": 2, "max_failures": 25})
+    with pytest.raises(BatchAborted, match="has not answered a single request") as info:
+        with_backend(config, lambda b: b.run_batched([ask(f"q{i}") for i in range(40)], progress=False))
+    assert sum(r is not None for r in info.value.results) <= 2  # one per worker at most

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from minima_nb import (
+    BatchAborted,
     CacheError,
     ConfigError,
     MinimaLlmConfig,
@@ -284,15 +285,17 @@ def huge_prompt(env: Env) -> Ask:
     return frame, env.generate(frame, details=True)
 
 
-@row_outcome("a base URL where nothing listens (aiohttp)", "row <NA>, ConnectError",
-             "cannot connect to http://127.0.0.1:", "base_url (OPENAI_BASE_URL)")
-def refused_connection_aiohttp(env: Env) -> Ask:
+@raising("a base URL where nothing listens (aiohttp)", BatchAborted,
+         "has not answered a single request", "cannot connect to http://127.0.0.1:",
+         "Connection refused", "base_url (OPENAI_BASE_URL)")
+def refused_connection_aiohttp(env: Env) -> Any:
     return ask_nowhere("aiohttp")
 
 
-@row_outcome("a base URL where nothing listens (httpx)", "row <NA>, ConnectError",
-             "cannot connect to http://127.0.0.1:", "base_url (OPENAI_BASE_URL)")
-def refused_connection_httpx(env: Env) -> Ask:
+@raising("a base URL where nothing listens (httpx)", BatchAborted,
+         "has not answered a single request", "cannot connect to http://127.0.0.1:",
+         "base_url (OPENAI_BASE_URL)")
+def refused_connection_httpx(env: Env) -> Any:
     return ask_nowhere("httpx")
 
 
@@ -384,8 +387,10 @@ def test_prompt_the_server_rejects_is_asked_once(env: Env):
 
 @pytest.mark.timeout(60)
 def test_refused_connection_stops_the_batch_with_one_clear_line(env: Env):
-    """Past the failure budget, a wrong base URL ends in BatchAborted saying "cannot connect", no HTTP-library trace."""
-    backend = OpenAIMinimaLlm(fast_config(refused_url(), max_attempts=2, batch={"max_failures": 5}))
+    """A wrong base URL ends in BatchAborted saying "cannot connect" at the first such row, no HTTP-library trace."""
+    workers = 4
+    backend = OpenAIMinimaLlm(fast_config(refused_url(), max_attempts=2,
+                                          batch={"max_failures": 25, "num_workers": workers}))
     frame = pd.DataFrame({"prompt": [f"q {i}" for i in range(40)]})
     with pytest.raises(Exception) as caught:
         try:
@@ -394,6 +399,9 @@ def test_refused_connection_stops_the_batch_with_one_clear_line(env: Env):
             run_sync(backend.aclose())
     assert type(caught.value).__name__ == "BatchAborted"
     assert "ConnectError: cannot connect to http://127.0.0.1:" in str(caught.value)
+    assert "has not answered a single request" in str(caught.value)
+    finished = [r for r in caught.value.results if r is not None]
+    assert len(finished) <= workers  # the rows already under way, far below the budget of 25
     shown = "".join(traceback.format_exception(caught.value))
     assert not [name for name in LIBRARY_NAMES if name in shown], shown
     assert_nothing_damaged(env)
@@ -405,7 +413,8 @@ def test_failed_connection_leaves_no_unclosed_session_noise(caplog):
     frame = pd.DataFrame({"prompt": ["one"]})
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.ERROR, "asyncio"):
         warnings.simplefilter("always")
-        frame.minima.generate("prompt", backend=backend, details=True, progress=False)
+        with pytest.raises(BatchAborted):  # the server never answered: the batch stops at once
+            frame.minima.generate("prompt", backend=backend, details=True, progress=False)
         del backend
         gc.collect()
         run_sync(asyncio.sleep(0.05))  # let the loop run any close it was handed
