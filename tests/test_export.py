@@ -219,6 +219,24 @@ def test_pandas_reads_back_the_types(filled, tmp_path):
     assert json.loads(df["messages"].iloc[0]) == [{"role": "user", "content": "k0"}]
 
 
+def test_duckdb_reads_back_the_types(filled, tmp_path):
+    """DuckDB reads the file with the documented SQL types and can query it directly."""
+    import duckdb
+
+    filled.to_parquet(tmp_path / "x.parquet", include_raw=False)
+    path = str(tmp_path / "x.parquet")
+    with duckdb.connect() as db:
+        described = db.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+        types = {name: sql_type for name, sql_type, *_ in described}
+        tokens, first = db.execute(
+            f"SELECT sum(input_tokens), min(created_at) FROM read_parquet('{path}')").fetchone()
+    assert types["key"] == types["text"] == types["raw"] == "VARCHAR"
+    assert types["input_tokens"] == types["output_tokens"] == "BIGINT"
+    assert types["latency_s"] == "DOUBLE" and types["created_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert tokens == 150
+    assert first.astimezone(dt.timezone.utc).isoformat().startswith("2024-05-01")
+
+
 def test_to_pandas_dtypes(filled):
     """to_pandas gives nullable Int64 tokens and datetime64[us, UTC] created_at."""
     dtypes = filled.to_pandas().dtypes
