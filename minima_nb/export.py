@@ -43,6 +43,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -177,16 +178,40 @@ def _merge(values: list[tuple[Any, ...]], replace: bool, conn: sqlite3.Connectio
 
 
 def _to_arrow(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
-    """Stored rows (in COLUMNS order) as a table of PARQUET_SCHEMA; explicit types even when all null."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
+    """Stored rows ``(rowid, *COLUMNS)`` as a table of PARQUET_SCHEMA; explicit types even when all null."""
+    columns = list(zip(*rows, strict=True))[1:] if rows else [()] * len(COLUMNS)
     arrays = []
     for name, values in zip(COLUMNS, columns, strict=True):
-        if name == "created_at":
-            micros = [None if v is None else round(v * 1_000_000) for v in values]
-            arrays.append(pa.array(micros, pa.int64()).cast(_TYPES[name]))
+        if name == "created_at":  # epoch seconds -> UTC microseconds, vectorised
+            micros = pc.round(pc.multiply(pa.array(values, pa.float64()), 1_000_000))
+            arrays.append(micros.cast(pa.int64()).cast(_TYPES[name]))
         else:
             arrays.append(pa.array(values, _TYPES[name]))
     return pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA)
+
+
+def _write_overlapped(writer: pq.ParquetWriter, tables: Iterator[pa.Table], on_written: Callable[[int], Any]) -> int:
+    """Write ``tables`` in order, each while the next is read and converted; returns the row count.
+
+    Parquet encoding and zstd release the GIL, so one writer thread overlaps them with the
+    SQLite reads; a failed write is raised here, after which nothing more is written.
+    """
+    rows = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="minima-export") as pool:
+        pending: Future[None] | None = None
+        try:
+            for table in tables:
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_table, table)
+                rows += table.num_rows
+                on_written(table.num_rows)
+            if pending is not None:
+                pending.result()
+        finally:  # never let the writer close under a write still running
+            if pending is not None:
+                wait([pending])
+    return rows
 
 
 def _compatible(found: pa.DataType, expected: pa.DataType) -> bool:
@@ -302,7 +327,7 @@ class CacheView:
 
     def _pages(self, where: str, params: list[Any], chunk_size: int, include_raw: bool,
                limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
-        """Matching rows in lists of up to ``chunk_size``, by rowid; one short query per list."""
+        """Matching rows ``(rowid, *COLUMNS)`` in lists of up to ``chunk_size``; one short query per list."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
         columns = ", ".join("NULL" if c == "raw" and not include_raw else c for c in COLUMNS)
@@ -314,7 +339,7 @@ class CacheView:
             rows = self._read(sql, (last, *params, size))
             if rows:
                 last = rows[-1][0]
-                yield [row[1:] for row in rows]
+                yield rows
             left = None if left is None else left - len(rows)
             if len(rows) < size:
                 return
@@ -351,14 +376,11 @@ class CacheView:
         schema = PARQUET_SCHEMA.with_metadata({
             **PARQUET_SCHEMA.metadata, b"minima_nb.package_version": __version__,
             b"minima_nb.created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        rows = 0
         try:
             with _progress(total, progress, "export") as bar, \
                     pq.ParquetWriter(temp, schema, compression="zstd") as writer:
-                for chunk in self._pages(where, params, chunk_size, include_raw):
-                    writer.write_table(_to_arrow(chunk))
-                    rows += len(chunk)
-                    bar.update(len(chunk))
+                tables = map(_to_arrow, self._pages(where, params, chunk_size, include_raw))
+                rows = _write_overlapped(writer, tables, bar.update)
             os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(OSError):
