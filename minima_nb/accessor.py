@@ -229,10 +229,12 @@ class _Generation(_Job):
         self.index, self.name = index, name
 
     def shape(self, results, details):
-        frame = _details_frame(results, self.slots, self.index)
         if details:
-            return frame, None
-        text = pd.Series(frame["text"].array, index=self.index, name=self.name)
+            return _details_frame(results, self.slots, self.index), None
+        # Only the text is wanted: skip building the eight other columns (a cached re-run of a
+        # large frame spends most of its time here otherwise). Failures and missing are <NA>.
+        texts = [r.text if isinstance(r, MinimaLlmResponse) else None for r in results]
+        text = pd.Series(pd.array(texts, dtype=DETAIL_DTYPES["text"]), index=self.index, name=self.name)
         return text, _failure_warning(results, self.slots)
 
 
