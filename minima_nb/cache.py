@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .errors import CacheError
 __all__ = [
     "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "LOCK_RETRY_S", "MIGRATIONS", "READ_CHUNK",
     "SCHEMA_VERSION", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache", "cache_key",
-    "canonical_json", "normalise_numbers",
+    "canonical_json", "normalise_numbers", "page_rows",
 ]
 
 CACHE_FILENAME = "minima_llm.db"
@@ -128,6 +128,30 @@ def _row_from_db(values: Sequence[Any]) -> CacheRow:
     key, namespace, model, messages, params, text, raw, *rest = values
     return CacheRow(key, namespace, model, json.loads(messages or "[]"), json.loads(params or "{}"),
                     text, None if raw is None else json.loads(raw), *rest)
+
+
+def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, params: Sequence[Any],
+              chunk_size: int, include_raw: bool, limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
+    """Stored rows ``(rowid, *COLUMNS)`` in insert order, in lists of up to ``chunk_size``.
+
+    Pages by rowid, one short ``query(sql, params)`` per list, so no read stays open between
+    lists; ``raw`` is NULL unless ``include_raw``; at most ``limit`` rows when given.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
+    columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
+    condition = f" AND ({where_sql})" if where_sql.strip() else ""
+    sql = f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
+    last, left = -(2**63), limit
+    while left is None or left > 0:
+        size = chunk_size if left is None else min(chunk_size, left)
+        rows = query(sql, (last, *params, size))
+        if rows:
+            last = rows[-1][0]
+            yield rows
+        left = None if left is None else left - len(rows)
+        if len(rows) < size:
+            return
 
 
 # -- the file -----------------------------------------------------------------------------------
@@ -328,19 +352,8 @@ class PromptCache:
         ``where_sql`` is an SQL condition on the columns (``"model = ?"``) with positional
         ``params``. Each chunk is its own short query, so no read stays open between chunks.
         """
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
-        columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
-        condition = f" AND ({where_sql})" if where_sql.strip() else ""
-        sql = f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
-        last = -(2**63)
-        while True:
-            rows = self._query(sql, (last, *params, chunk_size))
-            if rows:
-                last = rows[-1][0]
-                yield [_row_from_db(row[1:]) for row in rows]
-            if len(rows) < chunk_size:
-                return
+        for rows in page_rows(self._query, where_sql, params, chunk_size, include_raw):
+            yield [_row_from_db(row[1:]) for row in rows]
 
     # -- writes ---------------------------------------------------------------------------------
 

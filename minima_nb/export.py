@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._version import __version__
-from .cache import CACHE_FILENAME, COLUMNS, PromptCache
+from .cache import CACHE_FILENAME, COLUMNS, PromptCache, page_rows
 from .cachewriter import connect, retry_when_busy
 from .errors import CacheError
 
@@ -328,21 +328,7 @@ class CacheView:
     def _pages(self, where: str, params: list[Any], chunk_size: int, include_raw: bool,
                limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
         """Matching rows ``(rowid, *COLUMNS)`` in lists of up to ``chunk_size``; one short query per list."""
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
-        columns = ", ".join("NULL" if c == "raw" and not include_raw else c for c in COLUMNS)
-        condition = f" AND ({where})" if where else ""
-        sql = f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
-        last, left = -(2**63), limit
-        while left is None or left > 0:
-            size = chunk_size if left is None else min(chunk_size, left)
-            rows = self._read(sql, (last, *params, size))
-            if rows:
-                last = rows[-1][0]
-                yield rows
-            left = None if left is None else left - len(rows)
-            if len(rows) < size:
-                return
+        return page_rows(self._read, where, params, chunk_size, include_raw, limit)
 
     def count(self, *, model: Names = None, namespace: Names = None, since: When = None,
               until: When = None) -> int:
