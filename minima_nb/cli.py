@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._version import __version__
+from .config import setting_from_env
 
 PROG = "minima-nb"
 
@@ -224,7 +224,7 @@ def _counts(counts: dict[Any, int]) -> str:
 def _cmd_cache_stats(args: argparse.Namespace) -> int:
     from .export import open_cache
 
-    directory = args.dir or os.environ.get("CACHE_DIR", "").strip()  # the variable config reads
+    directory = args.dir or setting_from_env("cache_dir")
     if not directory:
         _fail("cache stats: pass the cache directory (DIR) or set CACHE_DIR")
         return 2

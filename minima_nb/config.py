@@ -283,6 +283,18 @@ ENV_VARS: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def setting_from_env(setting: str) -> Any:
+    """One top-level setting as the environment gives it (parsed), or None when it is not set.
+
+    For callers that need a single value without a whole config (``minima-nb cache stats``
+    defaults to ``CACHE_DIR``), so that this module stays the only reader of the environment.
+    """
+    for var, name, _ in ENV_VARS:
+        if name == setting:
+            return _read_env({var: os.environ[var]}).get(setting) if var in os.environ else None
+    raise KeyError(f"{setting!r} is not a setting read from the environment")
+
+
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for var, setting, kind in ENV_VARS:

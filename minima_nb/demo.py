@@ -9,7 +9,6 @@ Every request is real HTTP to the mock server; nothing is printed from a script.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ import time
 import pandas as pd
 
 import minima_nb
+from minima_nb.config import setting_from_env
 from minima_nb.testing import MockServer
 
 QUESTIONS = (
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = minima_nb.configure(
             base_url=server.base_url,
             model="mock-model",
-            api_key=os.environ.get("OPENAI_API_KEY") or None,
+            api_key=setting_from_env("api_key"),
             cache_dir=cache_dir,
             rpm=0,
             max_outstanding=args.concurrency,

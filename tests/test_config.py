@@ -147,3 +147,15 @@ def test_with_model_keeps_everything_else():
 def test_endpoint_url_with_or_without_v1(base, endpoint):
     """A base ending in /v1 gets /chat/completions; any other gets /v1/chat/completions."""
     assert MinimaLlmConfig(base_url=base, model="m").endpoint_url == endpoint
+
+
+def test_setting_from_env_reads_one_variable_only(monkeypatch):
+    """setting_from_env parses just the asked variable; others, even invalid, are not read."""
+    from minima_nb.config import setting_from_env
+
+    monkeypatch.setenv("CACHE_DIR", " /tmp/c ")
+    monkeypatch.setenv("RPM", "fast")
+    assert setting_from_env("cache_dir") == "/tmp/c"
+    assert setting_from_env("api_key") is None
+    with pytest.raises(ConfigError, match="RPM"):
+        setting_from_env("rpm")
