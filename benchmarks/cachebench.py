@@ -8,8 +8,9 @@ Child tasks (``spec["task"]``):
 * ``accessor``: a fully cached re-run of an ``n``-row DataFrame through
   ``df.minima.generate("prompt", backend=backend, progress=False)``, timed end to end, and the
   bare SQLite rate on the same file: ``SELECT ... WHERE key IN (500 keys)`` over every key,
-  the answer columns the library reads, on a fresh connection; then ``backend.run_batched``
-  alone over the same prompts (requests built outside the timing), to split the time.
+  the answer columns the library reads, on a fresh connection; then ``backend.lookup`` alone
+  (the accessor's keys and reads) and ``backend.run_batched`` alone (the path of a caller
+  with request objects) over the same prompts, their inputs built outside the timing.
 * ``export``: ``open_cache(dir).to_parquet(path)`` timed, with the process RSS sampled every
   few milliseconds for the peak over the RSS before the export.
 """
@@ -119,8 +120,24 @@ def accessor(spec: dict[str, Any]) -> dict[str, Any]:
     backend.close()
     if not spec.get("bare_first"):
         out["bare_s"], out["bare_found"] = _bare_lookup(Path(spec["dir"]) / CACHE_FILENAME, keys)
+    out["lookup_s"] = _lookup_only(spec, items)
     out["backend_s"] = _backend_only(spec, items)
     return out
+
+
+def _lookup_only(spec: dict[str, Any], items: list[str]) -> float:
+    """``backend.lookup(messages, text_only=True)`` alone: the keys and reads of the accessor's call."""
+    from minima_nb import MinimaLlmConfig, OpenAIMinimaLlm
+
+    backend = OpenAIMinimaLlm(MinimaLlmConfig(base_url=spec["url"], model=MODEL, api_key=API_KEY,
+                                              cache_dir=spec["dir"], rpm=0))
+    slots = [messages_of(p) for p in items]
+    with Timer() as t:
+        texts = backend.lookup(slots, text_only=True)
+    backend.close()
+    if any(text is None for text in texts):
+        raise RuntimeError("the lookup-only re-run was not fully cached")
+    return t.wall_s
 
 
 def _backend_only(spec: dict[str, Any], items: list[str]) -> float:

@@ -15,11 +15,11 @@ import dataclasses
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .batch import ProgressArg, run_batched_callable
-from .cache import CachedAnswer, KeyTracer, PromptCache, cache_key
+from .cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
 from .config import MinimaLlmConfig
 from .errors import BatchAborted, CallError, ClientError
 from .looplocal import LoopLocal
@@ -104,6 +104,35 @@ class OpenAIMinimaLlm:
                 return self._from_cache(request, hit, key, include_raw)
         return await self._call(request, model, key, refresh, include_raw)
 
+    def lookup(
+        self,
+        prompts: Sequence[Any],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+        text_only: bool = False,
+    ) -> list[Any]:
+        """The cached answer of each prompt (a chat message list, or None), sending nothing.
+
+        Per prompt, the stored row ``(text, input_tokens, output_tokens, finish_reason,
+        latency_s, model, key)`` (just the text with ``text_only=True``), or None for a miss,
+        a None prompt, no cache, or force refresh in the config. All prompts share the request
+        fields given (``model`` defaults to the configured one). This is the bulk path of a
+        cached re-run: no object is made per row. Only hits are counted in
+        :meth:`cache_stats`; a miss is counted once, when :meth:`run_batched` looks it up
+        again just before sending it.
+        """
+        if self._cache is None or self.config.force_refresh:
+            return [None] * len(prompts)
+        key_of = key_function(model or self.config.model, temperature, max_tokens, extra,
+                              self.config.cache_namespace)
+        keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
+        read = self._cache.get_texts if text_only else self._cache.get_many_rows
+        found = read((k for k in keys if k is not None), count_misses=False)
+        return [None if key is None else found.get(key) for key in keys]
+
     async def run_batched(
         self,
         requests: Sequence[MinimaLlmRequest],
@@ -113,17 +142,20 @@ class OpenAIMinimaLlm:
         progress: ProgressArg = True,
         label: str = "minima",
         draw_in_loop: bool = True,
+        cached_rows: int = 0,
     ) -> list[MinimaLlmResult]:
         """Answer many requests; results in input order, one per request (a failure in its slot).
 
         Cached answers are read in bulk before any request goes out; identical requests are sent
         once; the batch stops with ``BatchAborted`` past ``batch.max_failures`` failures.
+        ``cached_rows`` counts rows the caller already answered with :meth:`lookup`: progress
+        shows them as cached rows of the same batch.
         """
         for r in requests:
             check_messages(r.request_id, r.messages)
         refresh = force_refresh or self.config.force_refresh
         models = [r.model or self.config.model for r in requests]
-        keys = [self._key(r, m) or _dedupe_key(r, m) for r, m in zip(requests, models, strict=True)]
+        keys = self._keys(requests, models)
         rows_per_key = Counter(keys)
         first_of: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -146,8 +178,8 @@ class OpenAIMinimaLlm:
                 batch_config=self.config.batch,
                 progress=progress,
                 label=label,
-                total=len(requests),
-                cached_rows=sum(rows_per_key[k] for k in by_key),
+                total=len(requests) + cached_rows,
+                cached_rows=cached_rows + sum(rows_per_key[k] for k in by_key),
                 weights=[rows_per_key[keys[i]] for i in todo],
                 draw_in_loop=draw_in_loop,
             )
@@ -188,13 +220,33 @@ class OpenAIMinimaLlm:
     def _key(self, request: MinimaLlmRequest, model: str) -> str | None:
         if self._cache is None:
             return None
-        key, canonical = cache_key(
+        return self._traced(*cache_key(
             model, request.messages, request.temperature, request.max_tokens, request.extra,
             self.config.cache_namespace,
-        )
+        ))
+
+    def _traced(self, key: str, canonical: str) -> str:
         if self._tracer is not None:
             self._tracer.trace(key, canonical)
         return key
+
+    def _keys(self, requests: Sequence[MinimaLlmRequest], models: list[str]) -> list[str]:
+        """Each request's cache key; without a cache, the same key minus the namespace (its
+        identity for de-duplication). Requests sharing their fields share one key function."""
+        cached = self._cache is not None
+        namespace = self.config.cache_namespace if cached else None
+        key_functions: dict[tuple[Any, ...], Callable[[Any], tuple[str, str]]] = {}
+        keys = []
+        for request, model in zip(requests, models, strict=True):
+            t, m = request.temperature, request.max_tokens
+            # Types too: True == 1 in a tuple, but the two are spelled differently in JSON.
+            fields = (model, type(t), t, type(m), m, id(request.extra))  # requests keep extra alive
+            key_of = key_functions.get(fields)
+            if key_of is None:
+                key_of = key_functions[fields] = key_function(model, t, m, request.extra, namespace)
+            key, canonical = key_of(request.messages)
+            keys.append(self._traced(key, canonical) if cached else key)
+        return keys
 
     async def _bulk_lookup(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
         # Large lookups leave the loop thread; small ones are cheaper than a thread hop.

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cachekey import KeyTracer, cache_key, canonical_json, normalise_numbers
+from .cachekey import KeyTracer, cache_key, canonical_json, key_function, normalise_numbers
 from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect, retry_when_busy
 from .errors import CacheError
 
 __all__ = [
     "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "LOCK_RETRY_S", "MIGRATIONS", "READ_CHUNK",
     "SCHEMA_VERSION", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache", "cache_key",
-    "canonical_json", "normalise_numbers", "page_rows",
+    "canonical_json", "key_function", "normalise_numbers", "page_rows",
 ]
 
 CACHE_FILENAME = "minima_llm.db"
@@ -111,6 +111,10 @@ class CachedAnswer:
 _KEY_OF_ROW = operator.itemgetter(6)  # the key, last in a get_many_rows() row
 # A row's values (COLUMNS order) as a get_many_rows() tuple: the answer's fields, then the key.
 _ANSWER_ROW = operator.itemgetter(5, 7, 8, 9, 10, 2, 0)
+
+
+def _keyed_rows(rows: list[tuple[Any, ...]]) -> Iterable[tuple[str, tuple[Any, ...]]]:
+    return zip(map(_KEY_OF_ROW, rows), rows, strict=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -318,22 +322,36 @@ class PromptCache:
         """The cached answers among ``keys`` (missing keys are absent), looked up 500 at a time."""
         return {key: CachedAnswer(*row[:6]) for key, row in self.get_many_rows(keys).items()}
 
-    def get_many_rows(self, keys: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+    def get_many_rows(self, keys: Iterable[str], *, count_misses: bool = True) -> dict[str, tuple[Any, ...]]:
         """Like :meth:`get_many`, but each answer is the plain row tuple ``(text, input_tokens,
         output_tokens, finish_reason, latency_s, model, key)`` (CachedAnswer's fields, then the key).
 
         For bulk reads such as a re-run of 100k cached rows: it builds no object per row, which
         also spares the garbage collector a hundred thousand young objects to scan.
+        ``count_misses=False`` leaves misses out of :meth:`stats` (for a caller that looks them
+        up again before sending them).
+        """
+        return self._read_many(keys, f"{_ANSWER_COLUMNS}, key", _keyed_rows, count_misses)
+
+    def get_texts(self, keys: Iterable[str], *, count_misses: bool = True) -> dict[str, str]:
+        """The cached answer texts among ``keys``: :meth:`get_many_rows` reading the text alone."""
+        return self._read_many(keys, "key, text", None, count_misses)
+
+    def _read_many(self, keys, columns, pairs_of, count_misses) -> dict[str, Any]:
+        """``{key: row}`` (``pairs_of`` given) or ``{key: text}`` for the stored ``keys``.
+
+        Queued rows are answered from memory; the rest are read ``IN (...)`` 500 keys at a time.
         """
         unique = list(dict.fromkeys(keys))
-        found = self._pending_rows(unique)
+        queued = self._pending_rows(unique)
+        found = queued if pairs_of is not None else {k: row[0] for k, row in queued.items()}
         to_read = [k for k in unique if k not in found] if found else unique
         for start in range(0, len(to_read), READ_CHUNK):
             chunk = to_read[start : start + READ_CHUNK]
-            sql = f"SELECT {_ANSWER_COLUMNS}, key FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
+            sql = f"SELECT {columns} FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
             rows = self._query(sql, chunk)
-            found.update(zip(map(_KEY_OF_ROW, rows), rows, strict=True))
-        self._count(len(found), len(unique) - len(found))
+            found.update(rows if pairs_of is None else pairs_of(rows))  # (key, text) rows are pairs
+        self._count(len(found), len(unique) - len(found) if count_misses else 0)
         return found
 
     def get_raw(self, key: str) -> dict | None:

@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KeyTracer", "cache_key", "canonical_json", "normalise_numbers"]
+__all__ = ["KeyTracer", "cache_key", "canonical_json", "key_function", "normalise_numbers"]
 
 # json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds this same
 # encoder on every call; one shared instance (it keeps no state between calls) saves that.
@@ -48,17 +48,71 @@ def canonical_json(obj: Any) -> str:
     return _CANONICAL.encode(normalise_numbers(obj))
 
 
-def _plain_messages(messages: Any) -> bool:
-    """Whether ``messages`` is a list of dicts of strings, which normalising would leave as it is."""
+# The string escaper the encoder above uses (ensure_ascii=False), for spelling messages directly.
+_json_string = json.encoder.encode_basestring
+
+
+def _plain_messages_json(messages: Any) -> str | None:
+    """The canonical JSON of a list of string-to-string dicts, or None for any other value.
+
+    That is the shape of nearly every chat message list, and spelling it here (keys sorted, the
+    encoder's own string escaper) gives the encoder's exact text in a third of its time.
+    """
     if type(messages) is not list:
-        return False
+        return None
+    spelled = []
     for message in messages:
         if type(message) is not dict:
-            return False
-        for value in message.values():
-            if type(value) is not str:
-                return False
-    return True
+            return None
+        role, content = message.get("role"), message.get("content")
+        if len(message) == 2 and type(role) is str and type(content) is str:  # the usual message
+            spelled.append('{"content":' + _json_string(content) + ',"role":' + _json_string(role) + "}")
+            continue
+        for name, value in message.items():
+            if type(name) is not str or type(value) is not str:
+                return None
+        fields = ",".join([_json_string(name) + ":" + _json_string(message[name]) for name in sorted(message)])
+        spelled.append("{" + fields + "}")
+    return "[" + ",".join(spelled) + "]"
+
+
+def key_function(
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: Mapping[str, Any] | None,
+    namespace: str | None = None,
+) -> Callable[[Any], tuple[str, str]]:
+    """``cache_key`` with everything but the messages fixed: ``key_of(messages) -> (key, canonical)``.
+
+    For many prompts under the same parameters (a DataFrame column): the canonical JSON of a
+    dict is its ``"name":value`` parts in name order, so the parts other than ``messages`` are
+    encoded once here and each call encodes only the messages before hashing.
+    """
+    fields: dict[str, Any] = {
+        "model": normalise_numbers(model),
+        "temperature": normalise_numbers(temperature),
+        "max_tokens": normalise_numbers(max_tokens),
+        "extra": normalise_numbers(extra) if extra else None,  # {} and None send the same request
+    }
+    if namespace is not None:  # joins the key only when set, so keys made without one never change
+        fields["namespace"] = normalise_numbers(namespace)
+    encode = _CANONICAL.encode
+    parts = {name: f"{encode(name)}:{encode(value)}" for name, value in fields.items()}
+    names = sorted([*fields, "messages"])
+    split = names.index("messages")
+    prefix = "{" + "".join(parts[n] + "," for n in names[:split]) + encode("messages") + ":"
+    suffix = "".join("," + parts[n] for n in names[split + 1:]) + "}"
+    sha256 = hashlib.sha256
+
+    def key_of(messages: Any) -> tuple[str, str]:
+        body = _plain_messages_json(messages)
+        if body is None:
+            body = encode(normalise_numbers(messages))
+        canonical = prefix + body + suffix
+        return sha256(canonical.encode("utf-8")).hexdigest(), canonical
+
+    return key_of
 
 
 def cache_key(
@@ -71,21 +125,10 @@ def cache_key(
 ) -> tuple[str, str]:
     """Return ``(sha256 hex, canonical JSON)`` of a request; an empty ``extra`` counts as ``None``.
 
-    ``namespace`` joins the key only when set, so keys made without one never change.
+    The canonical JSON is that of ``{"model", "messages", "temperature", "max_tokens", "extra"}``
+    (plus ``"namespace"`` only when set, so keys made without one never change).
     """
-    # Each value is normalised on its own (the same as normalising the whole payload); the usual
-    # message list of string dicts needs no copy, and the encoder sorts its keys anyway.
-    payload: dict[str, Any] = {
-        "model": normalise_numbers(model),
-        "messages": messages if _plain_messages(messages) else normalise_numbers(messages),
-        "temperature": normalise_numbers(temperature),
-        "max_tokens": normalise_numbers(max_tokens),
-        "extra": normalise_numbers(extra) if extra else None,  # {} and None send the same request
-    }
-    if namespace is not None:
-        payload["namespace"] = normalise_numbers(namespace)
-    canonical = _CANONICAL.encode(payload)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
+    return key_function(model, temperature, max_tokens, extra, namespace)(messages)
 
 
 class KeyTracer:

@@ -50,18 +50,24 @@ def _checked_messages(value: Any, where: str, system: str | None) -> Messages:
 def column_slots(values: Sequence[Any], index: pd.Index, column: Hashable, system: str | None):
     """Messages per row from a column of strings or message lists."""
     slots: list[Messages | None] = []
+    append = slots.append
     for label, value in zip(index, values, strict=True):
-        where = f"column {column!r}, row {label!r}"
-        if is_missing(value):
-            slots.append(None)
+        if type(value) is str and value.strip():  # the usual row, first (a large column is long)
+            append([{"role": "user", "content": value}] if system is None else _user_messages(value, system))
+        elif is_missing(value):
+            append(None)
         elif isinstance(value, str):
-            slots.append(_user_messages(value, system))
+            append(_user_messages(value, system))
         elif isinstance(value, (list, tuple, np.ndarray)):
-            slots.append(_checked_messages(value, where, system))
+            append(_checked_messages(value, _where(column, label), system))
         else:
-            raise TypeError(f"{where}: a prompt must be a string or a list of chat messages "
+            raise TypeError(f"{_where(column, label)}: a prompt must be a string or a list of chat messages "
                             f"({{'role': ..., 'content': ...}} dicts), not {type(value).__name__}")
     return slots
+
+
+def _where(column: Hashable, label: Hashable) -> str:
+    return f"column {column!r}, row {label!r}"
 
 
 def _template_fields(template: str) -> list[str]:
