@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._version import __version__
+from .arrowpages import arrow_pages, rows_to_table
 from .cache import CACHE_FILENAME, COLUMNS, PromptCache, page_rows
 from .cachewriter import connect, retry_when_busy
 from .errors import CacheError
@@ -175,19 +176,6 @@ def _merge(values: list[tuple[Any, ...]], replace: bool, conn: sqlite3.Connectio
 
 
 # -- Arrow --------------------------------------------------------------------------------------
-
-
-def _to_arrow(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
-    """Stored rows ``(rowid, *COLUMNS)`` as a table of PARQUET_SCHEMA; explicit types even when all null."""
-    columns = list(zip(*rows, strict=True))[1:] if rows else [()] * len(COLUMNS)
-    arrays = []
-    for name, values in zip(COLUMNS, columns, strict=True):
-        if name == "created_at":  # epoch seconds -> UTC microseconds, vectorised
-            micros = pc.round(pc.multiply(pa.array(values, pa.float64()), 1_000_000))
-            arrays.append(micros.cast(pa.int64()).cast(_TYPES[name]))
-        else:
-            arrays.append(pa.array(values, _TYPES[name]))
-    return pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA)
 
 
 def _write_overlapped(writer: pq.ParquetWriter, tables: Iterator[pa.Table], on_written: Callable[[int], Any]) -> int:
@@ -325,10 +313,14 @@ class CacheView:
         self._cache.flush()
         return _sqlite(self.path, lambda conn: conn.execute(sql, params).fetchall())
 
-    def _pages(self, where: str, params: list[Any], chunk_size: int, include_raw: bool,
-               limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
-        """Matching rows ``(rowid, *COLUMNS)`` in lists of up to ``chunk_size``; one short query per list."""
-        return page_rows(self._read, where, params, chunk_size, include_raw, limit)
+    def _tables(self, where: str, params: list[Any], chunk_size: int, include_raw: bool,
+                limit: int | None = None) -> Iterator[pa.Table]:
+        """Matching rows as PARQUET_SCHEMA tables of up to ``chunk_size``; one short query each."""
+        if limit is None:  # the fast path (see arrowpages); it reads whole pages
+            return arrow_pages(self.path, self._read, where, params, chunk_size, include_raw,
+                               PARQUET_SCHEMA, before_page=self._cache.flush)
+        pages = page_rows(self._read, where, params, chunk_size, include_raw, limit)
+        return (rows_to_table(rows, PARQUET_SCHEMA) for rows in pages)
 
     def count(self, *, model: Names = None, namespace: Names = None, since: When = None,
               until: When = None) -> int:
@@ -343,7 +335,7 @@ class CacheView:
         JSON columns stay strings; ``created_at`` is ``datetime64[us, UTC]``; tokens are ``Int64``.
         """
         where, params = _where(model, namespace, since, until)
-        tables = [_to_arrow(chunk) for chunk in self._pages(where, params, 50_000, include_raw, limit)]
+        tables = list(self._tables(where, params, 50_000, include_raw, limit))
         table = pa.concat_tables(tables) if tables else PARQUET_SCHEMA.empty_table()
         return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
 
@@ -365,7 +357,7 @@ class CacheView:
         try:
             with _progress(total, progress, "export") as bar, \
                     pq.ParquetWriter(temp, schema, compression="zstd") as writer:
-                tables = map(_to_arrow, self._pages(where, params, chunk_size, include_raw))
+                tables = self._tables(where, params, chunk_size, include_raw)
                 rows = _write_overlapped(writer, tables, bar.update)
             os.replace(temp, target)
         except BaseException:

@@ -21,7 +21,7 @@ RANKS = {
     "backend": 4,
     "runner": 5,
     "session": 6,
-    "prompts": 6, "accessor": 7, "export": 7, "batch_api": 7, "dspy_adapter": 7, "proxy": 7, "dask": 7,
+    "prompts": 6, "arrowpages": 6, "accessor": 7, "export": 7, "batch_api": 7, "dspy_adapter": 7, "proxy": 7, "dask": 7,
     "demo": 8, "cli": 8,
     "__init__": 9, "__main__": 9,
 }
