@@ -10,8 +10,9 @@ The driver infers each column's type from its first values, so a column that sta
 (``namespace`` usually does) would be typed wrong and fail at its first string. Every page
 query therefore starts with one typing row of the right types, ``rowid`` = ``TYPING_ROWID``,
 which is checked and dropped. Any driver error (not installed, a busy file, a cell of an
-unexpected type written by another tool) sends the rest of the export down the ``sqlite3``
-path, which has its own busy retries; the output does not change.
+unexpected type written by another tool, text that is not UTF-8) sends the rest of the export
+down the ``sqlite3`` path, which has its own busy retries and clear errors; the output does
+not change.
 """
 
 from __future__ import annotations
@@ -115,13 +116,17 @@ def arrow_pages(path: Path, query: Callable[[str, Sequence[Any]], list[Any]], wh
         before_page()
         try:
             page = pager.page(after, params, chunk_size)
+            table = pa.Table.from_arrays(
+                [_typed_column(page.column(i + 1), name, schema) for i, name in enumerate(COLUMNS)], schema=schema)
+            # The driver copies text bytes as they are; sqlite3 would refuse invalid UTF-8 with
+            # a clear error, so such a page is left to it rather than written to the file.
+            table.validate(full=True)
         except Exception as exc:  # noqa: BLE001  - any driver failure: sqlite3 reads the rest
             _log.info("export: the ADBC SQLite driver failed (%s); reading on with sqlite3", exc)
             break
         if page.num_rows:
             after = page.column(0)[-1].as_py()
-            yield pa.Table.from_arrays(
-                [_typed_column(page.column(i + 1), name, schema) for i, name in enumerate(COLUMNS)], schema=schema)
+            yield table
         if page.num_rows < chunk_size:
             return
     where = f"rowid > {after}" + (f" AND ({where_sql})" if where_sql.strip() else "")  # resume where it broke
