@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import time
 from collections import Counter
@@ -73,6 +74,7 @@ class OpenAIMinimaLlm:
         )
         self._url = config.endpoint_url
         self._refresh_rounds: dict[str, int] = {}
+        self._params_spelled: dict[tuple[Any, ...], str] = {}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
@@ -374,8 +376,21 @@ class OpenAIMinimaLlm:
             key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
             answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,
-            created_at=time.time(), raw_json=answer.raw_json,
+            created_at=time.time(), raw_json=answer.raw_json, params_json=self._params_json(params),
         )
+
+    def _params_json(self, params: dict[str, Any]) -> str | None:
+        """The stored JSON of ``params`` when ``extra`` is None, made once per (temperature, max_tokens)."""
+        if params["extra"] is not None:
+            return None  # the cache encodes it
+        t, m = params["temperature"], params["max_tokens"]
+        fields = (type(t), t, type(m), m)  # types too: True == 1, but JSON spells them apart
+        spelled = self._params_spelled.get(fields)
+        if spelled is None:
+            if len(self._params_spelled) >= 64:  # NaN never equals itself: keep the memo bounded
+                self._params_spelled.clear()
+            spelled = self._params_spelled[fields] = json.dumps(params, ensure_ascii=False)
+        return spelled
 
 
 def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:

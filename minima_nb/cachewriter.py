@@ -99,6 +99,7 @@ class BatchWriter:
         self._interval = flush_interval_s
         self._max_rows = max_batch_rows
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake = threading.Event()  # "a flush or stop is queued": ends the wait in _gather
         self._cond = threading.Condition()
         self._submitted = 0
         self._done = 0
@@ -111,7 +112,8 @@ class BatchWriter:
 
     def submit(self, values: _Values) -> int:
         """Queue one serialised row and return its sequence number; raise the pending error first."""
-        self.raise_pending()
+        if self._error is not None or self._fatal is not None or not self._thread.is_alive():
+            self.raise_pending()  # the usual case skips its lock
         with self._cond:  # numbering and queueing together keep the queue in sequence order
             if self._stopping:
                 raise CacheError(f"the cache {str(self._path)!r} is closed; open it again to write.")
@@ -129,6 +131,7 @@ class BatchWriter:
         with self._cond:
             target = self._submitted
             self._queue.put(_FLUSH)
+        self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._done < target and self._thread.is_alive():
@@ -147,6 +150,7 @@ class BatchWriter:
             if not self._stopping:
                 self._stopping = True
                 self._queue.put(_STOP)
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise CacheError(f"the cache writer for {str(self._path)!r} did not finish within "
@@ -184,7 +188,12 @@ class BatchWriter:
                 self._cond.notify_all()
 
     def _gather(self) -> tuple[list[tuple[int, _Values]], bool]:
-        """Wait for a row, then collect more for up to ``flush_interval_s`` or ``max_batch_rows``."""
+        """Wait for a row, then collect more for up to ``flush_interval_s`` or ``max_batch_rows``.
+
+        Rows queued meanwhile are taken in one go after the interval: ``submit`` does not wake
+        this thread (a wake-up per row would cost the answering thread a GIL hand-over each
+        time), only ``wait``/``stop`` do, through ``_wake``.
+        """
         item = self._queue.get()
         batch: list[tuple[int, _Values]] = []
         deadline = time.monotonic() + self._interval
@@ -194,9 +203,18 @@ class BatchWriter:
             batch.append(item)
             if len(batch) >= self._max_rows:
                 return batch, False
-            left = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return batch, False
+            self._wake.wait(left)
+            self._wake.clear()
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return batch, False
 
