@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -418,3 +419,39 @@ def test_forked_child_gets_a_clear_error(cache):
     assert len(messages) == 2
     assert "forked" in messages[0]
     assert "another process" in messages[1]
+
+
+def test_stored_messages_are_json_dumps_text_for_any_message_list(tmp_path):
+    """The messages column holds json.dumps(messages) exactly, however the messages are spelled."""
+    rng = random.Random(7)
+    alphabet = ["a", "é", '"', "\\", "\n", "\x00", "\u2028", "😀", " ", "{", "]"]
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
+
+    def value():
+        return text(8) if rng.random() < 0.8 else rng.choice([1, 1.5, None, True, [text(2)], {"k": text(2)}])
+
+    cases = [[{text(4): value() for _ in range(rng.randint(0, 3))} for _ in range(rng.randint(0, 3))]
+             for _ in range(300)]
+    cases += [[{"role": "user", "content": "hi"}], ({"role": "user", "content": "tuple"},), []]
+    with PromptCache(tmp_path) as cache:
+        for i, messages in enumerate(cases):
+            cache.put(CacheRow(f"k{i}", None, "m", messages, {}, "t"))
+    conn = sqlite3.connect(cache.path)
+    stored = dict(conn.execute("SELECT key, messages FROM responses").fetchall())
+    conn.close()
+    for i, messages in enumerate(cases):
+        assert stored[f"k{i}"] == json.dumps(list(messages) if isinstance(messages, tuple) else messages,
+                                             ensure_ascii=False)
+
+
+def test_flush_does_not_wait_out_a_long_flush_interval(tmp_path):
+    """flush() commits at once even when the writer would otherwise wait a minute between commits."""
+    with PromptCache(tmp_path, flush_interval_s=60) as cache:
+        cache.put(make_row("k1"))
+        cache.flush(timeout=10)  # a CacheError after 10 s if the writer slept through it
+        assert rows_in_file(cache.path) == 1
+        cache.put(make_row("k2"))
+        cache.flush(timeout=10)
+        assert rows_in_file(cache.path) == 2

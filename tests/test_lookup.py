@@ -619,3 +619,20 @@ def test_agenerate_matches_generate_on_mixed_frame(srv, tmp_path):
     same = ["text", "cached", "error", "finish_reason", "input_tokens", "output_tokens",
             "attempts", "model"]
     pd.testing.assert_frame_equal(details[same], expected_details[same])
+
+
+def test_stored_params_spell_each_request_field_as_sent(srv, tmp_path):
+    """The params column keeps temperature/max_tokens as sent: True and 1, 0.5 and None stay apart."""
+    llm = make_backend(srv, tmp_path / "cache")
+    fields = [(True, None), (1, None), (0.5, 16), (None, None), (0.5, 16)]
+    requests = [MinimaLlmRequest(request_id=f"r{i}", messages=[{"role": "user", "content": f"p{i}"}],
+                                 temperature=t, max_tokens=m) for i, (t, m) in enumerate(fields)]
+    try:
+        run_sync(llm.run_batched(requests, progress=False))
+        llm.cache.flush()
+        rows = {row.messages[0]["content"]: row.params for chunk in llm.cache.iter_rows() for row in chunk}
+    finally:
+        close_backend(llm)
+    for i, (t, m) in enumerate(fields):
+        assert rows[f"p{i}"] == {"temperature": t, "max_tokens": m, "extra": None}
+        assert type(rows[f"p{i}"]["temperature"]) is type(t)
