@@ -148,8 +148,32 @@ def texts(results: list[Any]) -> list[str | None]:
     return out
 
 
+async def _round_trips(url: str, count: int) -> list[float]:
+    """Seconds per request, one at a time on one kept-alive connection (raw aiohttp)."""
+    import time
+
+    import aiohttp
+
+    endpoint = f"{url}/chat/completions"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    seconds = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for i in range(count + 1):  # the first opens the connection: not counted
+            body = json.dumps({"model": MODEL, "messages": messages_of(f"round trip {i}")}).encode()
+            started = time.perf_counter()
+            async with session.post(endpoint, data=body, headers=headers) as resp:
+                await resp.read()
+            if i:
+                seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """One timed run of ``spec["client"]`` over ``spec["n"]`` prompts."""
+    """One timed run of ``spec["client"]`` over ``spec["n"]`` prompts (or the round-trip probe)."""
+    if spec.get("probe") == "round_trip":
+        netguard.install()
+        seconds = sorted(asyncio.run(_round_trips(spec["url"], spec["n"])))
+        return {"mean_s": sum(seconds) / len(seconds), "median_s": seconds[len(seconds) // 2]}
     client, url, concurrency = spec["client"], spec["url"], spec.get("concurrency", 64)
     prepare_environment(client, url, concurrency)
     with Timer() as imported:

@@ -116,6 +116,21 @@ def scenario_throughput(upstream: Upstream, workdir: Path, rounds: int, n: int, 
 def scenario_latency(upstream: Upstream, workdir: Path, rounds: int, n: int, log: Any) -> Section:
     """Scenario 2: ``n`` requests, concurrency 64, 50 ms server latency; share of 64/0.05 req/s."""
     per_round = _run_clients(upstream, workdir, rounds, n, log)
+    probe = run_child("benchmarks.clients", {"probe": "round_trip", "url": upstream.url, "n": 50}, workdir)
+    ceiling_note = ""
+    if "error" not in probe:
+        # No client can beat one request at a time: n requests take at least ceil(n / 64) such trips.
+        waves = -(-n // CONCURRENCY)
+        ceiling = n / (waves * probe["mean_s"])
+        best = median(_column(per_round, "minima_nb", "req_s"))
+        log(f"  one request at a time: {probe['mean_s'] * 1e3:.2f} ms; ceiling {ceiling:,.0f} req/s")
+        ceiling_note = (
+            f"The ceiling on this machine: one request at a time takes {probe['mean_s'] * 1e3:.2f} ms on "
+            f"average (median {probe['median_s'] * 1e3:.2f} ms; raw aiohttp, 50 requests on one "
+            "connection): the upstream's 50 ms, its event loop's timer (which wakes to the millisecond) "
+            f"and both loops' own work. {n:,} requests need at least {waves} such trips per connection, "
+            f"so no client can exceed {ceiling:,.0f} req/s = {percent(ceiling / IDEAL_50MS)} of the ideal "
+            f"here; minima_nb reached {percent(best / ceiling) if best else 'n/a'} of that ceiling.")
     rows = [[NAMES[c], spread(_column(per_round, c, "req_s"), count),
              spread([v / IDEAL_50MS if v else None for v in _column(per_round, c, "req_s")], percent),
              spread(_ratios(per_round, c, "aiohttp", "req_s"), ratio),
@@ -133,7 +148,8 @@ def scenario_latency(upstream: Upstream, workdir: Path, rounds: int, n: int, log
         f"the ideal is {CONCURRENCY} / 0.05 s = {IDEAL_50MS:,.0f} requests/s.",
         ["client", "requests/s", "share of the ideal 1,280/s", "req/s ÷ raw aiohttp's", "client CPU per request",
          "upstream CPU"],
-        rows, [context, _upstream_note(per_round), _network_note(per_round), *_failures(per_round)])
+        rows, [context, *([ceiling_note] if ceiling_note else []), _upstream_note(per_round),
+               _network_note(per_round), *_failures(per_round)])
     section.targets = [Target("2", "minima_nb ≥ 95 % of the ideal 1,280 req/s", _fmt(share, percent),
                               None if share is None else share >= 0.95)]
     return section
