@@ -213,10 +213,10 @@ def scenario_pacing(workdir: Path, log: Any) -> Section:
                      count(lowered["status_429"])])
     notes.append("The first-second burst (up to 10 requests at 600 rpm) is part of the design: "
                  "the overall rate includes it, the steady rate is measured after the first 2 s.")
-    notes.append("When the server lowers its limit, starts booked before the first answer carrying the "
-                 "new limit keep their 600-rpm spacing: with 64 workers each waiting on a booked start, "
-                 "that is up to 6.4 s at the old rate, hence a second half above 300 rpm (no 429s, "
-                 "because the server's 60-s window still had room).")
+    notes.append("When the server lowers its limit, the 64 workers already hold starts booked at the "
+                 "600-rpm spacing (up to 6.4 s ahead); the pacer re-spaces those bookings at the new "
+                 "rate when the first answer carrying the new limit arrives, so the second half runs "
+                 "at the lowered rate rather than finishing the old schedule first.")
     section = Section(
         "7. Pacing accuracy: RPM=600 for 20 s against a server enforcing 600 rpm",
         "minima_nb (`rpm=600`, 64 workers) against `MockServer(rate_limit=600)` (sliding 60-s "
@@ -233,7 +233,7 @@ def scenario_pacing(workdir: Path, log: Any) -> Section:
     if "error" not in lowered:
         section.targets.append(Target("7", "limit lowered to 300 half-way: zero 429s (rates reported)",
                                       f"{lowered['status_429']} × 429; {lowered['rate_first_half']:.0f} rpm, then "
-                                      f"{lowered['rate_second_half']:.0f} rpm (not yet 300: see section 7)",
+                                      f"{lowered['rate_second_half']:.0f} rpm",
                                       lowered["status_429"] == 0))
     return section
 

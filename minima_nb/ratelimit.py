@@ -232,6 +232,9 @@ class RatePacer:
         self._paused_until = -math.inf  # no start before this: cooldown or exhausted limit
         self._cooldown_until = -math.inf  # the overload part of the pause
         self._shift_total = 0.0  # sum of every pause's slide; sleepers catch up on waking
+        # (anchor, factor) per lowered rate: booked starts after the anchor were re-spaced by the
+        # factor; sleepers apply the ones made since their booking when they wake.
+        self._stretches: list[tuple[float, float]] = []
         self._penalty = 0.0
         self._penalty_at = 0.0
 
@@ -245,10 +248,13 @@ class RatePacer:
         """
         began = self._clock()
         start = self._reserve(began, max(0, int(tokens)))
-        seen = self._shift_total
+        seen, stretched = self._shift_total, len(self._stretches)
         while True:
             start += self._shift_total - seen  # a pause began while we slept: move back with the queue
             seen = self._shift_total
+            for anchor, factor in self._stretches[stretched:]:  # the rate was lowered meanwhile
+                start = _stretched(start, anchor, factor)
+            stretched = len(self._stretches)
             wait = start - self._clock()
             if wait <= _WAKE_TOLERANCE_S:
                 return max(0.0, self._clock() - began)
@@ -312,7 +318,11 @@ class RatePacer:
             return
         now = self._clock()
         if info.limit_requests:
+            before = self._interval()
             self._server_rpm = info.limit_requests  # the latest word, up or down
+            after = self._interval()
+            if before and after > before:
+                self._stretch(now, after / before)
         if info.limit_tokens:
             self._server_tpm = info.limit_tokens
         if info.remaining_requests is not None:
@@ -359,6 +369,17 @@ class RatePacer:
         if self._last_start > now:
             self._last_start += shift
         self._paused_until = until
+
+    def _stretch(self, anchor: float, factor: float) -> None:
+        """Re-space every start booked after ``anchor`` by ``factor`` (> 1): a lowered rate.
+
+        Up to 64 workers may hold starts booked at the old spacing, several seconds ahead; kept
+        as they were, the old rate would go on until the last of them (a second half of 492 rpm
+        against a limit lowered to 300, before this).
+        """
+        self._stretches.append((anchor, factor))
+        self._tat = _stretched(self._tat, anchor, factor)
+        self._last_start = _stretched(self._last_start, anchor, factor)
 
     def _decayed_penalty(self, now: float) -> float:
         return self._penalty * 0.5 ** (max(0.0, now - self._penalty_at) / self._halflife)
@@ -411,6 +432,10 @@ def _window(remaining: int, reset_s: float | None, now: float) -> _Window:
 def _spacing(window: _Window) -> float:
     """Even spacing that spreads what remains over the time to the reset."""
     return (window.reset_at - window.observed_at) / max(window.remaining, 1)
+
+
+def _stretched(start: float, anchor: float, factor: float) -> float:
+    return anchor + (start - anchor) * factor if start > anchor else start
 
 
 def _charge(window: _Window | None, start: float, amount: int) -> None:

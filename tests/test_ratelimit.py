@@ -211,6 +211,25 @@ def test_headers_on_a_success_lower_the_rate():
     assert sequential_starts(fake, pacer, 3) == pytest.approx([0.0, 1.0, 2.0])
 
 
+def test_a_lowered_limit_re_spaces_starts_already_booked():
+    """Workers already holding starts at the old spacing move to the new one when the limit drops."""
+    fake = FakeTime()
+    pacer = fake.pacer(600, burst=1)
+    origin, starts = fake.now, []
+
+    async def one() -> None:
+        await pacer.acquire()
+        starts.append(fake.now - origin)
+        if len(starts) == 5:  # every one of the 20 booked its start at 0.1 s spacing by now
+            pacer.observe(info(limit_requests=300))
+
+    asyncio.run(fake.run(*(one() for _ in range(20))))
+    starts.sort()
+    assert gaps(starts[:5]) == pytest.approx([0.1] * 4)
+    assert gaps(starts[4:]) == pytest.approx([0.2] * 15)
+    assert pacer.effective_rpm == 300
+
+
 def test_a_higher_later_limit_raises_the_rate_again():
     """The learned limit is the latest one, not the lowest one ever seen."""
     fake = FakeTime()
