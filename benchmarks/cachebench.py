@@ -12,7 +12,8 @@ Child tasks (``spec["task"]``):
   (the accessor's keys and reads) and ``backend.run_batched`` alone (the path of a caller
   with request objects) over the same prompts, their inputs built outside the timing.
 * ``export``: ``open_cache(dir).to_parquet(path)`` timed, with the process RSS sampled every
-  few milliseconds for the peak over the RSS before the export.
+  few milliseconds for the peak over the RSS before the export; ``without_driver`` makes the
+  ADBC driver unavailable, to time the sqlite3 fallback.
 """
 
 from __future__ import annotations
@@ -179,8 +180,11 @@ class _RssSampler(threading.Thread):
 
 def export(spec: dict[str, Any]) -> dict[str, Any]:
     """``open_cache(dir).to_parquet(path)``: rows/s and peak RSS over the RSS before it."""
+    from minima_nb import arrowpages
     from minima_nb.export import open_cache
 
+    if spec.get("without_driver"):
+        arrowpages._adbc_connect = lambda: None  # noqa: SLF001  - measure the sqlite3 fallback
     target = Path(spec["path"])
     gc.collect()
     base = rss_bytes()

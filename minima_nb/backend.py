@@ -243,9 +243,11 @@ class OpenAIMinimaLlm:
             t, m = request.temperature, request.max_tokens
             # Types too: True == 1 in a tuple, but the two are spelled differently in JSON.
             fields = (model, type(t), t, type(m), m, id(request.extra))  # requests keep extra alive
-            key_of = key_functions.get(fields)
+            key_of = key_functions.get(fields) if _hashable(fields) else None
             if key_of is None:
-                key_of = key_functions[fields] = key_function(model, t, m, request.extra, namespace)
+                key_of = key_function(model, t, m, request.extra, namespace)
+                if _hashable(fields):
+                    key_functions[fields] = key_of
             key, canonical = key_of(request.messages)
             keys.append(self._traced(key, canonical) if cached else key)
         return keys
@@ -385,12 +387,23 @@ class OpenAIMinimaLlm:
             return None  # the cache encodes it
         t, m = params["temperature"], params["max_tokens"]
         fields = (type(t), t, type(m), m)  # types too: True == 1, but JSON spells them apart
+        if not _hashable(fields):
+            return None
         spelled = self._params_spelled.get(fields)
         if spelled is None:
             if len(self._params_spelled) >= 64:  # NaN never equals itself: keep the memo bounded
                 self._params_spelled.clear()
             spelled = self._params_spelled[fields] = json.dumps(params, ensure_ascii=False)
         return spelled
+
+
+def _hashable(value: Any) -> bool:
+    """Whether ``value`` can key a dict (a mistaken list as a temperature cannot)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:

@@ -266,6 +266,19 @@ def test_temperature_true_and_one_are_two_requests(srv, tmp_path, cached):
         close_backend(llm)
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_unhashable_request_field_is_still_keyed_and_sent(srv, tmp_path, cached):
+    """A list passed as temperature cannot key the shared key functions; the batch still runs."""
+    llm = make_backend(srv, tmp_path / "c" if cached else None)
+    try:
+        results = batch(llm, [MinimaLlmRequest("a", msgs("p"), temperature=[0.5]),
+                              MinimaLlmRequest("b", msgs("p"), temperature=[0.5])])
+        assert [r.request_id for r in results] == ["a", "b"]
+        assert srv.requests_total == 1  # identical requests are still sent once
+    finally:
+        close_backend(llm)
+
+
 # -- backend.lookup -------------------------------------------------------------------------------
 
 
