@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "minima_nb"
 # Rank of each module: a module may import only modules of strictly lower rank.
 # Departures from DESIGN.md's list, kept deliberately: looplocal/meter/wire/progress and the
 # cache's cachekey/cachewriter are small leaf nouns, and batch.py (a generic pool that knows
-# nothing of HTTP) sits below backend.py, whose run_batched builds on it.
+# nothing of HTTP) sits below backend.py, whose run_batched builds on it. accessor.py keeps the
+# pandas-facing methods and jobs.py the running of one call; arrowpages.py reads export pages.
 RANKS = {
     "_version": 0, "types": 0, "errors": 0, "looplocal": 0,
     "config": 1, "meter": 1, "cachekey": 1, "cachewriter": 1,
@@ -21,7 +22,9 @@ RANKS = {
     "backend": 4,
     "runner": 5,
     "session": 6,
-    "prompts": 6, "arrowpages": 6, "accessor": 7, "export": 7, "batch_api": 7, "dspy_adapter": 7, "proxy": 7, "dask": 7,
+    "prompts": 6, "arrowpages": 6,
+    "jobs": 7, "export": 7, "batch_api": 7, "dspy_adapter": 7, "proxy": 7, "dask": 7,
+    "accessor": 8,
     "demo": 8, "cli": 8,
     "__init__": 9, "__main__": 9,
 }

@@ -1,0 +1,348 @@
+"""One accessor call as a job: a prompt per output slot, cached rows first, the rest as one batch.
+
+``df.minima.generate`` and ``sweep`` each build a job from their slots (a row's chat messages,
+or ``None`` for a row with no prompt). The job asks the backend for the rows it can answer from
+its cache in bulk (``backend.lookup``: a key and a text per row, no object), sends the others as
+ONE batch through ``backend.run_batched`` (sync on minima_nb's private loop, or on the caller's
+loop), and shapes every slot's result into the pandas object the accessor returns, aligned to
+the caller's index. The progress display is drawn and closed on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import session
+from .errors import BatchAborted
+from .progress import make_sink
+from .prompts import Messages
+from .runner import run_sync
+from .types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
+
+__all__ = ["DETAIL_DTYPES", "Generation", "MISSING_PROMPT", "PARTIAL_NOTE", "REQUEST_PARAMS", "Sweep",
+           "collection_paused"]
+
+#: Columns of ``details=True`` frames, with their (nullable, Parquet-safe) dtypes.
+DETAIL_DTYPES: dict[str, str] = {
+    "text": "string", "cached": "boolean", "error": "string", "finish_reason": "string",
+    "input_tokens": "Int64", "output_tokens": "Int64", "attempts": "Int64",
+    "latency_s": "Float64", "model": "string",
+}
+MISSING_PROMPT = "missing prompt"
+REQUEST_PARAMS = ("model", "temperature", "max_tokens")
+PARTIAL_NOTE = (
+    "minima_nb: the rows that finished are in exc.partial (a details DataFrame aligned to your "
+    "index; rows that never ran are <NA>) and in the cache: run the same call again to resume."
+)
+
+
+# -- results -> pandas ------------------------------------------------------------------------
+
+
+def _detail_row(result: Any, missing: bool) -> dict[str, Any]:
+    if type(result) is str:  # a text answered by backend.lookup(text_only=True)
+        return {"text": result, "cached": True, "attempts": 0}
+    if type(result) is tuple:  # a row answered by backend.lookup(): the cache's stored fields
+        text, input_tokens, output_tokens, finish_reason, latency_s, model = result[:6]
+        return {"text": text, "cached": True, "finish_reason": finish_reason,
+                "input_tokens": input_tokens, "output_tokens": output_tokens, "attempts": 0,
+                "latency_s": latency_s, "model": model}
+    if isinstance(result, MinimaLlmResponse):
+        return {"text": result.text, "cached": result.cached, "finish_reason": result.finish_reason,
+                "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
+                "attempts": result.attempts, "latency_s": result.latency_s, "model": result.model}
+    if isinstance(result, MinimaLlmFailure):
+        return {"cached": False, "error": f"{result.error_type}: {result.message}",
+                "attempts": result.attempts, "model": result.model}
+    return {"error": MISSING_PROMPT} if missing else {}  # else: never ran (aborted batch)
+
+
+def _text(result: Any) -> str | None:
+    if type(result) is str:
+        return result
+    if type(result) is tuple:
+        return result[0]
+    return result.text if isinstance(result, MinimaLlmResponse) else None
+
+
+def _details_frame(results: Sequence[Any], slots: Sequence[Messages | None], index: pd.Index):
+    rows = [_detail_row(r, m is None) for r, m in zip(results, slots, strict=True)]
+    data = {name: pd.array([row.get(name) for row in rows], dtype=dtype)
+            for name, dtype in DETAIL_DTYPES.items()}
+    return pd.DataFrame(data, index=index)
+
+
+def _failure_warning(results: Sequence[Any], slots: Sequence[Messages | None]) -> str | None:
+    failures = [r for r in results if isinstance(r, MinimaLlmFailure)]
+    if not failures:
+        return None
+    missing = sum(m is None for m in slots)
+    first = failures[0]
+    text = (f"minima: {len(failures):,} of {len(slots):,} rows failed and are <NA> "
+            f"(first error: {first.error_type}: {first.message})")
+    if missing:
+        text += f"; {missing:,} rows had no prompt and were not sent"
+    return text + ". Use details=True to see why each row failed."
+
+
+# -- one batch: requests per slot, run sync or async ------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value  # np.int64 is not JSON
+
+
+@contextlib.contextmanager
+def collection_paused():
+    """Pause Python's cyclic garbage collector for a step that makes a few objects per row.
+
+    Those objects (a row's messages, its cached answer) live until the call returns, so with
+    100k rows the collector would run hundreds of times over them, and over the whole heap as
+    they pile up: measured, a third of a cached re-run. They form no cycles, so nothing is
+    lost by collecting later. Only bulk steps are paused, never the network batch itself.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _spread(results: Sequence[Any], positions: Sequence[int], into: list[Any]) -> list[Any]:
+    """``into`` with ``results[i]`` written at ``positions[i]``."""
+    for position, result in zip(positions, results, strict=True):
+        into[position] = result
+    return into
+
+
+class _CloseOnCaller:
+    """Passes snapshots through, but keeps ``close()`` for the caller's thread.
+
+    The batch closes its sink on the loop thread; a notebook bar created or finished there
+    could be shown in another cell, so the status is recorded and :meth:`finish` closes the
+    real sink from the thread that waits for the batch.
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.status: str | None = None
+        self.updated = False
+
+    def update(self, snapshot: BatchSnapshot) -> None:
+        self.updated = True
+        self.sink.update(snapshot)
+
+    def draw(self) -> None:
+        self.sink.draw()
+
+    def close(self, status: str = "done") -> None:
+        self.status = status
+
+    def finish(self, fallback: str) -> None:
+        if self.status is not None or self.updated:  # nothing shown yet: show nothing
+            self.sink.draw()
+            self.sink.close(self.status or fallback)
+
+
+def _sink(backend: Any, progress: Any, label: str) -> Any:
+    batch = getattr(getattr(backend, "config", None), "batch", None)
+    timing = {"heartbeat_s": batch.heartbeat_s, "stall_s": batch.stall_s} if batch else {}
+    return make_sink(progress, label=label, **timing)
+
+
+def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
+    """Run one batch from sync code (a script or a kernel cell), drawing on this thread."""
+    sink = _CloseOnCaller(_sink(backend, progress, label))
+    status = "error"  # the batch's own closing status wins; this is for when it never closed
+    # Only a backend with lookup() answered rows itself; others need not know the keyword.
+    counted = {"cached_rows": cached_rows} if cached_rows else {}
+    try:
+        batch = backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
+                                    draw_in_loop=False, **counted)
+        results = run_sync(batch, on_poll=sink.draw)
+        status = "done"
+        return results
+    except BatchAborted:
+        status = "aborted"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        sink.finish(status)
+
+
+async def _arun(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
+    sink = _sink(backend, progress, label)
+    counted = {"cached_rows": cached_rows} if cached_rows else {}
+    return await backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
+                                     draw_in_loop=True, **counted)
+
+
+def _note_partial(exc: BatchAborted, partial: pd.DataFrame) -> None:
+    exc.partial = partial
+    if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
+        exc.add_note(PARTIAL_NOTE)
+
+
+# -- the two kinds of call --------------------------------------------------------------------
+
+
+class _Job:
+    """One accessor call: a prompt (or None) per output slot, and a request per prompt to send.
+
+    Rows the backend can answer from its cache in bulk (``backend.lookup``) come back as the
+    cache's row tuples and are never turned into requests; only the others are sent.
+    """
+
+    label = "minima"
+
+    def __init__(self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]):
+        self.slots = slots
+        self.params_of = params_of
+
+    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
+        """(the pandas result, a warning to show or None) from one result per slot."""
+        raise NotImplementedError
+
+    def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
+        """Per slot, its cached row (or text) when answered without sending, else None."""
+        return [None] * len(self.slots)
+
+    def _requests(self, positions: Sequence[int]) -> list[MinimaLlmRequest]:
+        return [MinimaLlmRequest(request_id=f"row-{p}", messages=self.slots[p], **self.params_of(p))
+                for p in positions]
+
+    def _prepare(self, backend: Any, force_refresh: bool, details: bool):
+        """(per slot its cached row or None, positions to send, their requests, cached count)."""
+        with collection_paused():
+            hits = self.lookup(backend, force_refresh, text_only=not details)
+            positions = [p for p, (messages, hit) in enumerate(zip(self.slots, hits, strict=True))
+                         if messages is not None and hit is None]
+            return hits, positions, self._requests(positions), len(hits) - hits.count(None)
+
+    def _shape(self, answers: list[Any], positions: list[int], hits: list[Any], details: bool):
+        with collection_paused():
+            return self.shape(_spread(answers, positions, hits), details)
+
+    def _aborted(self, exc: BatchAborted, backend: Any, force_refresh: bool, hits: list[Any],
+                 positions: list[int]) -> None:
+        if any(type(hit) is str for hit in hits):  # text-only hits: the details need their rows
+            rows = self.lookup(backend, force_refresh, text_only=False)
+            hits = [hit if row is None else row for hit, row in zip(hits, rows, strict=True)]
+        _note_partial(exc, self.shape(_spread(exc.results, positions, hits), True)[0])
+
+    def run(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+        if all(messages is None for messages in self.slots):  # no backend, no network, no bar
+            return self.shape([None] * len(self.slots), details)
+        backend = session.get_backend() if backend is None else backend
+        hits, positions, requests, cached = self._prepare(backend, force_refresh, details)
+        try:
+            answers = _run(backend, requests, progress=progress, force_refresh=force_refresh,
+                           label=self.label, cached_rows=cached)
+        except BatchAborted as exc:
+            self._aborted(exc, backend, force_refresh, hits, positions)
+            raise
+        return self._shape(answers, positions, hits, details)
+
+    async def arun(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+        if all(messages is None for messages in self.slots):
+            return self.shape([None] * len(self.slots), details)
+        backend = session.get_backend() if backend is None else backend
+        # Off the caller's loop: a large lookup reads SQLite for a while.
+        hits, positions, requests, cached = await asyncio.to_thread(self._prepare, backend, force_refresh,
+                                                                     details)
+        try:
+            answers = await _arun(backend, requests, progress=progress, force_refresh=force_refresh,
+                                  label=self.label, cached_rows=cached)
+        except BatchAborted as exc:
+            self._aborted(exc, backend, force_refresh, hits, positions)
+            raise
+        return self._shape(answers, positions, hits, details)
+
+
+class Generation(_Job):
+    """``generate``: one slot per row, the same parameters for every request."""
+
+    def __init__(self, slots, index: pd.Index, name: Hashable | None, params: dict[str, Any]):
+        extra = params.get("extra")
+        if extra is not None and not isinstance(extra, Mapping):
+            raise TypeError(f"extra must be a dict of OpenAI parameters, not {type(extra).__name__}")
+        self.params = params = {k: _plain(v) for k, v in params.items()}
+        super().__init__(slots, lambda _: params)
+        self.index, self.name = index, name
+
+    def lookup(self, backend, force_refresh, text_only):
+        # Every row shares its request fields, so the backend can find the cached ones in bulk
+        # (a key per row and batched reads, no object per row): a cached re-run never builds
+        # a request or a response.
+        bulk_lookup = getattr(backend, "lookup", None)
+        if force_refresh or bulk_lookup is None:
+            return super().lookup(backend, force_refresh, text_only)
+        return bulk_lookup(self.slots, text_only=text_only, **self.params)
+
+    def shape(self, results, details):
+        if details:
+            return _details_frame(results, self.slots, self.index), None
+        # Only the text is wanted: skip building the eight other columns (a cached re-run of a
+        # large frame spends most of its time here otherwise). Failures and missing are <NA>.
+        texts = [_text(r) for r in results]
+        text = pd.Series(pd.array(texts, dtype=DETAIL_DTYPES["text"]), index=self.index, name=self.name)
+        return text, _failure_warning(results, self.slots)
+
+
+def _grid_options(key: str, value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple, range, np.ndarray, pd.Index, pd.Series)):
+        options = list(value)
+        if not options:
+            raise ValueError(f"sweep: {key}= has no values; give a value or a non-empty list")
+        return options
+    return [value]
+
+
+def _combo_params(combo: dict[str, Any]) -> dict[str, Any]:
+    params = {k: _plain(combo[k]) for k in REQUEST_PARAMS if k in combo}
+    extra = {k: _plain(v) for k, v in combo.items() if k not in REQUEST_PARAMS and v is not None}
+    return {**params, "extra": extra or None}
+
+
+class Sweep(_Job):
+    """``sweep``: one slot per (row, grid combination), row by row, all in one batch."""
+
+    label = "minima sweep"
+
+    def __init__(self, frame: pd.DataFrame, row_slots, grid: dict[str, Any], model: str | None):
+        clash = sorted(set(grid) & ({"row", *DETAIL_DTYPES} - {"model"}))
+        if clash:
+            raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
+        self.keys = list(grid)
+        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
+        self.configured_model = model
+        self.rows = frame.index.repeat(len(self.combos))
+        width = len(self.combos)
+        slots = [messages for messages in row_slots for _ in range(width)]
+        super().__init__(slots, lambda p: _combo_params(self._combo(p)))
+
+    def _combo(self, position: int) -> dict[str, Any]:
+        return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))
+
+    def shape(self, results, details):
+        combos = [self._combo(p) for p in range(len(self.slots))]
+        columns: dict[str, Any] = {"row": self.rows}
+        columns["model"] = [c.get("model") or self.configured_model for c in combos]
+        for key in self.keys:
+            if key != "model":
+                columns[key] = [c[key] for c in combos]
+        grid = pd.DataFrame(columns)
+        info = _details_frame(results, self.slots, grid.index).drop(columns="model")
+        return pd.concat([grid, info], axis=1), None
