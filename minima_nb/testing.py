@@ -34,125 +34,29 @@ from typing import Any
 
 from aiohttp import web
 
+from .mockreplies import (
+    ERRORS_429,
+    FAULT_KINDS,
+    MALFORMED_BODY,
+    MOCK_MODELS,
+    RATE_LIMITED,
+    check_kinds,
+    content_text,
+    count_tokens,
+    error_response,
+    json_response,
+    last_user_text,
+    mock_answer,
+    openai_duration,
+    ratelimit_headers,
+    truncate,
+)
+
 __all__ = ["FAULT_KINDS", "MOCK_MODELS", "MockServer", "count_tokens", "mock_answer",
            "openai_duration"]
 
-MOCK_MODELS = ("mock-model", "mock-model-large")
-TOKEN_LIMIT = 10_000_000  # the advertised tokens-per-minute limit; never enforced
 _WINDOW_S = 60.0
 _SHUTDOWN_GRACE_S = 0.2  # how long stop() lets in-flight handlers finish before cancelling them
-_KNOWN_ANSWERS = {"What is 2+2?": "4", "Capital of France?": "Paris"}
-
-# status -> (message, type, code) of the OpenAI-style error body
-_ERRORS: dict[int, tuple[str, str, str | None]] = {
-    400: ("Invalid request", "invalid_request_error", None),
-    401: ("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
-    403: ("You are not allowed to use this model", "invalid_request_error", "permission_denied"),
-    404: ("The model does not exist", "invalid_request_error", "model_not_found"),
-    408: ("Request timed out", "timeout", None),
-    413: ("Request too large", "invalid_request_error", "request_too_large"),
-    422: ("Unprocessable request", "invalid_request_error", None),
-    500: ("The server had an error while processing your request", "server_error", None),
-    502: ("Bad gateway", "server_error", None),
-    503: ("The engine is currently overloaded", "server_error", None),
-    504: ("Gateway timeout", "server_error", None),
-}
-_RATE_LIMITED = ("Rate limit reached", "requests", "rate_limit_exceeded")
-_429_ERRORS = {"429": _RATE_LIMITED, "429-no-retry-after": _RATE_LIMITED,
-               "quota": ("You exceeded your current quota", "insufficient_quota",
-                         "insufficient_quota")}
-_MALFORMED_BODY = '{"id": "chatcmpl-mock", "object": "chat.completion", "choices": [{'
-FAULT_KINDS = frozenset({str(status) for status in _ERRORS} | set(_429_ERRORS)
-                        | {"timeout", "drop", "malformed", "null", "empty"})
-
-
-def _content_text(content: Any) -> str:
-    """The text of a message content: a string, or the text parts of a multimodal list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def _last_user_text(messages: Any) -> str:
-    if not isinstance(messages, list):
-        return ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _content_text(message.get("content"))
-    return ""
-
-
-def mock_answer(messages: list[dict], model: str) -> str:
-    """The deterministic answer the mock gives to ``messages``: a few known facts, else an echo."""
-    prompt = _last_user_text(messages)
-    if prompt in _KNOWN_ANSWERS:
-        return _KNOWN_ANSWERS[prompt]
-    return f"[{model}] echo: {prompt[:200]}"
-
-
-def count_tokens(text: str) -> int:
-    """A crude, deterministic token count: whitespace-separated words (at least 1 if non-empty)."""
-    if not text:
-        return 0
-    return max(1, len(text.split()))
-
-
-def openai_duration(seconds: float) -> str:
-    """Format ``seconds`` the way OpenAI's reset headers do: "20ms", "1s", "1m30s", "6m0s"."""
-    if seconds < 1:
-        millis = round(max(0.0, seconds) * 1000)
-        return f"{millis}ms" if millis else "0s"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{int(hours)}h{int(minutes)}m{secs_text}s"
-    if minutes:
-        return f"{int(minutes)}m{secs_text}s"
-    return f"{secs_text}s"
-
-
-def _json_response(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
-    return web.Response(status=status, body=json.dumps(payload).encode(),
-                        content_type="application/json", headers=headers)
-
-
-def _error_response(status: int, headers: dict[str, str],
-                    error: tuple[str, str, str | None] | None = None) -> web.Response:
-    """An OpenAI-style error; ``error`` is (message, type, code), by default per status."""
-    message, kind, code = error or _ERRORS[status]
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return _json_response(status, body, headers)
-
-
-def _ratelimit_headers(rpm: int, remaining: int, reset_s: float) -> dict[str, str]:
-    return {
-        "x-ratelimit-limit-requests": str(rpm),
-        "x-ratelimit-remaining-requests": str(remaining),
-        "x-ratelimit-reset-requests": openai_duration(reset_s),
-        "x-ratelimit-limit-tokens": str(TOKEN_LIMIT),
-        "x-ratelimit-remaining-tokens": str(TOKEN_LIMIT),
-        "x-ratelimit-reset-tokens": "0s",
-    }
-
-
-def _truncate(text: str, max_tokens: Any) -> tuple[str, str]:
-    """Cut ``text`` to ``max_tokens`` words; return it with its finish_reason."""
-    if isinstance(max_tokens, int) and max_tokens > 0:
-        words = text.split()
-        if len(words) > max_tokens:
-            return " ".join(words[:max_tokens]), "length"
-    return text, "stop"
-
-
-def _check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
-    kinds = tuple(kinds)
-    unknown = sorted(set(kinds) - FAULT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(FAULT_KINDS)}")
-    return kinds
 
 
 class MockServer:
@@ -178,7 +82,7 @@ class MockServer:
             raise ValueError(f"rate_window_s must be > 0 seconds, got {rate_window_s}")
         self._host, self._requested_port = host, port
         self._latency_s, self._timeout_delay_s = latency_s, timeout_delay_s
-        self._fault_rate, self._fault_kinds = fault_rate, _check_kinds(fault_kinds)
+        self._fault_rate, self._fault_kinds = fault_rate, check_kinds(fault_kinds)
         self._rng = random.Random(seed)
         self._ratelimit_headers = ratelimit_headers
         self._api_key = require_api_key
@@ -217,7 +121,7 @@ class MockServer:
 
     def script(self, prompt: str, faults: list[str]) -> None:
         """Make the next attempts whose last user message is ``prompt`` fail with ``faults``."""
-        kinds = _check_kinds(faults)
+        kinds = check_kinds(faults)
         with self._lock:
             self._scripts.setdefault(prompt, deque()).extend(kinds)
 
@@ -343,13 +247,13 @@ class MockServer:
             body = None
         if not isinstance(body, dict):
             body = None
-        prompt = _last_user_text(body.get("messages")) if body else ""
+        prompt = last_user_text(body.get("messages")) if body else ""
         with self._lock:
             self._requests_total += 1
             self._by_prompt[prompt] += 1
             self._last_headers, self._last_json = request.headers, body or {}
         if self._max_body_bytes is not None and len(raw) > self._max_body_bytes:
-            response, status = _error_response(413, {}), 413
+            response, status = error_response(413, {}), 413
         elif self._redirect is not None:
             status = self._redirect[0]
             response = web.Response(status=status, headers={"Location": self._redirect[1]})
@@ -365,14 +269,14 @@ class MockServer:
                        prompt: str) -> tuple[web.StreamResponse, int]:
         if self._api_key is not None:
             if request.headers.get("Authorization") != f"Bearer {self._api_key}":
-                return _error_response(401, self._rate_check(consume=False)[0]), 401
+                return error_response(401, self._rate_check(consume=False)[0]), 401
         headers, retry_after = self._rate_check(consume=True)
         if retry_after is not None:
             headers = {**headers, "Retry-After": str(retry_after)}
-            return _error_response(429, headers, _RATE_LIMITED), 429
+            return error_response(429, headers, RATE_LIMITED), 429
         if body is None:
             error = ("Request body is not a JSON object", "invalid_request_error", None)
-            return _error_response(400, headers, error), 400
+            return error_response(400, headers, error), 400
         if self._latency_s > 0:
             await asyncio.sleep(self._latency_s)
         fault = self._next_fault(prompt)
@@ -398,7 +302,7 @@ class MockServer:
                 self._window.append(now)
             reset_s = self._window[0] + span - now if self._window else 0.0
             remaining = max(0, capacity - len(self._window))
-        headers = _ratelimit_headers(rpm, remaining, reset_s) if self._ratelimit_headers else {}
+        headers = ratelimit_headers(rpm, remaining, reset_s) if self._ratelimit_headers else {}
         return headers, None if admitted else max(1, math.ceil(reset_s))
 
     def _next_fault(self, prompt: str) -> str | None:
@@ -419,10 +323,10 @@ class MockServer:
         if body.get("seed") is not None:
             text += f" (t={body.get('temperature')}, seed={body['seed']})"
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        text, finish_reason = _truncate(text, max_tokens)
+        text, finish_reason = truncate(text, max_tokens)
         if content is not None:
             content = text
-        prompt_tokens = sum(count_tokens(_content_text(m.get("content")))
+        prompt_tokens = sum(count_tokens(content_text(m.get("content")))
                             for m in messages if isinstance(m, dict))
         completion_tokens = count_tokens(content or "")
         message = {"role": "assistant", "content": content}
@@ -436,17 +340,17 @@ class MockServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
-        return _json_response(200, payload, headers)
+        return json_response(200, payload, headers)
 
     async def _fault(self, kind: str, request: web.Request, body: dict,
                      headers: dict[str, str]) -> tuple[web.StreamResponse, int]:
         if kind == "429":
             # ratelimit_headers=False leaves only Retry-After, so random 429s in a fault mix do
             # not also tell the client "limit 60/min, none left for 1 s" and slow it down.
-            limits = _ratelimit_headers(self._rate_limit or 60, 0, 1.0) if self._ratelimit_headers else {}
+            limits = ratelimit_headers(self._rate_limit or 60, 0, 1.0) if self._ratelimit_headers else {}
             headers = {**limits, "Retry-After": "1"}
-        if kind in _429_ERRORS:
-            return _error_response(429, headers, _429_ERRORS[kind]), 429
+        if kind in ERRORS_429:
+            return error_response(429, headers, ERRORS_429[kind]), 429
         if kind == "timeout":
             # stop() cancels this sleep after a short grace period, so shutdown stays quick
             await asyncio.sleep(self._timeout_delay_s)
@@ -454,21 +358,21 @@ class MockServer:
         if kind == "drop":
             return await _drop_connection(request, headers), 0
         if kind == "malformed":
-            return web.Response(status=200, text=_MALFORMED_BODY, content_type="application/json",
+            return web.Response(status=200, text=MALFORMED_BODY, content_type="application/json",
                                 headers=headers), 200
         if kind in ("null", "empty"):
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)
-        return _error_response(status, headers), status
+        return error_response(status, headers), status
 
 
 def _echo_credentials(response: web.Response, authorization: str) -> web.Response:
     """The same error with the received Authorization header quoted in its message."""
     payload = json.loads(response.body)
     payload["error"]["message"] += f" (request had Authorization: {authorization})"
-    dropped = ("content-length", "content-type")  # set again by _json_response
+    dropped = ("content-length", "content-type")  # set again by json_response
     headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
-    return _json_response(response.status, payload, headers)
+    return json_response(response.status, payload, headers)
 
 
 async def _drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -486,7 +390,7 @@ async def _drop_connection(request: web.Request, headers: dict[str, str]) -> web
 async def _handle_models(request: web.Request) -> web.Response:
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "minima-nb"}
             for name in MOCK_MODELS]
-    return _json_response(200, {"object": "list", "data": data}, {})
+    return json_response(200, {"object": "list", "data": data}, {})
 
 
 def _serve_forever(loop: asyncio.AbstractEventLoop) -> None:

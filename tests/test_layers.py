@@ -13,11 +13,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "minima_nb"
 # Departures from DESIGN.md's list, kept deliberately: looplocal/meter/wire/progress and the
 # cache's cachekey/cachewriter are small leaf nouns, and batch.py (a generic pool that knows
 # nothing of HTTP) sits below backend.py, whose run_batched builds on it. accessor.py keeps the
-# pandas-facing methods and jobs.py the running of one call; arrowpages.py reads export pages.
+# pandas-facing methods and jobs.py the running of one call; arrowpages.py reads export pages;
+# mockreplies.py holds what the mock server (testing.py) answers.
 RANKS = {
     "_version": 0, "types": 0, "errors": 0, "looplocal": 0,
     "config": 1, "meter": 1, "cachekey": 1, "cachewriter": 1,
-    "cache": 2, "transport": 2, "ratelimit": 2, "retry": 2, "wire": 2, "progress": 2,
+    "cache": 2, "transport": 2, "ratelimit": 2, "retry": 2, "wire": 2, "progress": 2, "mockreplies": 2,
     "batch": 3, "testing": 3,
     "backend": 4,
     "runner": 5,

@@ -1,0 +1,137 @@
+"""What the mock server says: deterministic answers, OpenAI-shaped errors, rate-limit headers.
+
+``testing.MockServer`` owns the sockets, the scripted and random faults and the rate window;
+this module owns the replies themselves, so their wording and headers can be read (and tested)
+in one place: the error body per HTTP status, the fault kinds a test may script, the answer a
+prompt gets (a few known facts, else an echo), the crude token count and OpenAI's duration
+format for the reset headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
+    "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens", "error_response",
+    "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
+]
+
+MOCK_MODELS = ("mock-model", "mock-model-large")
+TOKEN_LIMIT = 10_000_000  # the advertised tokens-per-minute limit; never enforced
+KNOWN_ANSWERS = {"What is 2+2?": "4", "Capital of France?": "Paris"}
+
+# status -> (message, type, code) of the OpenAI-style error body
+ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request", "invalid_request_error", None),
+    401: ("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model", "invalid_request_error", "permission_denied"),
+    404: ("The model does not exist", "invalid_request_error", "model_not_found"),
+    408: ("Request timed out", "timeout", None),
+    413: ("Request too large", "invalid_request_error", "request_too_large"),
+    422: ("Unprocessable request", "invalid_request_error", None),
+    500: ("The server had an error while processing your request", "server_error", None),
+    502: ("Bad gateway", "server_error", None),
+    503: ("The engine is currently overloaded", "server_error", None),
+    504: ("Gateway timeout", "server_error", None),
+}
+RATE_LIMITED = ("Rate limit reached", "requests", "rate_limit_exceeded")
+ERRORS_429 = {"429": RATE_LIMITED, "429-no-retry-after": RATE_LIMITED,
+               "quota": ("You exceeded your current quota", "insufficient_quota",
+                         "insufficient_quota")}
+MALFORMED_BODY = '{"id": "chatcmpl-mock", "object": "chat.completion", "choices": [{'
+FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429)
+                        | {"timeout", "drop", "malformed", "null", "empty"})
+
+
+def content_text(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a multimodal list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def last_user_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def mock_answer(messages: list[dict], model: str) -> str:
+    """The deterministic answer the mock gives to ``messages``: a few known facts, else an echo."""
+    prompt = last_user_text(messages)
+    if prompt in KNOWN_ANSWERS:
+        return KNOWN_ANSWERS[prompt]
+    return f"[{model}] echo: {prompt[:200]}"
+
+
+def count_tokens(text: str) -> int:
+    """A crude, deterministic token count: whitespace-separated words (at least 1 if non-empty)."""
+    if not text:
+        return 0
+    return max(1, len(text.split()))
+
+
+def openai_duration(seconds: float) -> str:
+    """Format ``seconds`` the way OpenAI's reset headers do: "20ms", "1s", "1m30s", "6m0s"."""
+    if seconds < 1:
+        millis = round(max(0.0, seconds) * 1000)
+        return f"{millis}ms" if millis else "0s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{secs_text}s"
+    if minutes:
+        return f"{int(minutes)}m{secs_text}s"
+    return f"{secs_text}s"
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
+    return web.Response(status=status, body=json.dumps(payload).encode(),
+                        content_type="application/json", headers=headers)
+
+
+def error_response(status: int, headers: dict[str, str],
+                    error: tuple[str, str, str | None] | None = None) -> web.Response:
+    """An OpenAI-style error; ``error`` is (message, type, code), by default per status."""
+    message, kind, code = error or ERRORS[status]
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return json_response(status, body, headers)
+
+
+def ratelimit_headers(rpm: int, remaining: int, reset_s: float) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(rpm),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": openai_duration(reset_s),
+        "x-ratelimit-limit-tokens": str(TOKEN_LIMIT),
+        "x-ratelimit-remaining-tokens": str(TOKEN_LIMIT),
+        "x-ratelimit-reset-tokens": "0s",
+    }
+
+
+def truncate(text: str, max_tokens: Any) -> tuple[str, str]:
+    """Cut ``text`` to ``max_tokens`` words; return it with its finish_reason."""
+    if isinstance(max_tokens, int) and max_tokens > 0:
+        words = text.split()
+        if len(words) > max_tokens:
+            return " ".join(words[:max_tokens]), "length"
+    return text, "stop"
+
+
+def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = sorted(set(kinds) - FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(FAULT_KINDS)}")
+    return kinds
