@@ -9,8 +9,9 @@ params as JSON), the answer and its usage, so the file can be inspected with any
 and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
 
-Keys live in ``cachekey.py`` and the writer thread in ``cachewriter.py``; this module re-exports
-the key names so ``from minima_nb.cache import cache_key`` keeps working.
+Keys live in ``cachekey.py``, the file's schema and opening in ``cachefile.py`` and the writer
+thread in ``cachewriter.py``; this module re-exports their public names so that
+``from minima_nb.cache import cache_key, COLUMNS`` keeps working.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cachefile import (
+    CACHE_FILENAME,
+    COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    open_file,
+    prepare_directory,
+)
 from .cachekey import KeyTracer, cache_key, canonical_json, key_function, normalise_numbers
-from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect, retry_when_busy
+from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect
 from .errors import CacheError
 
 __all__ = [
@@ -41,28 +50,9 @@ __all__ = [
     "canonical_json", "key_function", "normalise_numbers", "page_rows",
 ]
 
-CACHE_FILENAME = "minima_llm.db"
-SCHEMA_VERSION = 1
 READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
-_HELP = "pass another cache_dir (or set CACHE_DIR)"
 _log = logging.getLogger(__name__)
 
-# MIGRATIONS[i] upgrades a file from version i to i + 1; each runs inside one transaction.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
-        """CREATE TABLE responses (
-            key TEXT PRIMARY KEY, namespace TEXT, model TEXT, messages TEXT, params TEXT,
-            text TEXT NOT NULL, raw TEXT, input_tokens INTEGER, output_tokens INTEGER,
-            finish_reason TEXT, latency_s REAL, created_at REAL)""",
-        "CREATE INDEX responses_model ON responses(model)",
-        "CREATE INDEX responses_created_at ON responses(created_at)",
-    ),
-]
-assert len(MIGRATIONS) == SCHEMA_VERSION
-
-COLUMNS = ("key", "namespace", "model", "messages", "params", "text", "raw", "input_tokens",
-           "output_tokens", "finish_reason", "latency_s", "created_at")
 _UPSERT = (
     f"INSERT INTO responses({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in COLUMNS[1:])}"
@@ -179,75 +169,6 @@ def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, 
             return
 
 
-# -- the file -----------------------------------------------------------------------------------
-
-
-def _prepare_directory(directory: Path) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise CacheError(f"cache_dir {str(directory)!r} exists and is not a directory; {_HELP}.")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CacheError(f"cannot create the cache directory {str(directory)!r} ({exc.strerror}); {_HELP}.") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CacheError(f"the cache directory {str(directory)!r} is not writable; {_HELP}.")
-
-
-def _stored_version(conn: sqlite3.Connection, path: Path) -> int:
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "schema_version" in tables:
-        return conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-    foreign = sorted(t for t in tables if not t.startswith("sqlite_"))
-    if foreign:
-        raise CacheError(
-            f"{str(path)!r} is a SQLite database but not a minima_nb cache (it holds the tables "
-            f"{', '.join(foreign)}); move that file away or {_HELP}."
-        )
-    return 0
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file up to SCHEMA_VERSION in one transaction (a no-op when it is current)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = _stored_version(conn, path)
-        if version > SCHEMA_VERSION:
-            raise CacheError(
-                f"{str(path)!r} was written by a newer minima-nb (cache schema version {version}; this "
-                f"version reads up to {SCHEMA_VERSION}); upgrade minima-nb (pip install -U minima-nb) or {_HELP}."
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[target - 1]:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version VALUES (?, ?)", (target, time.time()))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _open_file(path: Path) -> None:
-    """Create or check the cache file: WAL mode, current schema; sqlite errors become CacheErrors."""
-
-    def attempt() -> None:
-        conn = connect(path)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            _migrate(conn, path)
-        finally:
-            conn.close()
-
-    try:
-        retry_when_busy(attempt)
-    except sqlite3.OperationalError as exc:
-        raise CacheError(f"cannot open the cache {str(path)!r} for writing ({exc}); check that "
-                         f"the directory is writable and the file not locked, or {_HELP}.") from None
-    except sqlite3.DatabaseError as exc:
-        raise CacheError(f"{str(path)!r} is not a SQLite database ({exc}), so not a minima_nb "
-                         f"cache; move that file away or {_HELP}.") from None
-
-
 # -- the cache ----------------------------------------------------------------------------------
 
 _OPEN_CACHES: weakref.WeakSet[PromptCache] = weakref.WeakSet()
@@ -266,9 +187,9 @@ class PromptCache:
         if flush_interval_s < 0 or max_batch_rows < 1:
             raise ValueError("flush_interval_s must be >= 0 and max_batch_rows >= 1.")
         directory = Path(directory).expanduser()
-        _prepare_directory(directory)
+        prepare_directory(directory)
         self.path = directory / CACHE_FILENAME
-        _open_file(self.path)
+        open_file(self.path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "minima_nb"
 RANKS = {
     "_version": 0, "types": 0, "errors": 0, "looplocal": 0,
     "config": 1, "meter": 1, "cachekey": 1, "cachewriter": 1,
-    "cache": 2, "transport": 2, "ratelimit": 2, "retry": 2, "wire": 2, "progress": 2, "mockreplies": 2,
+    "cachefile": 2, "cache": 3, "transport": 2, "ratelimit": 2, "retry": 2, "wire": 2, "progress": 2, "mockreplies": 2,
     "batch": 3, "testing": 3,
     "backend": 4,
     "runner": 5,
