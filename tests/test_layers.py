@@ -23,7 +23,7 @@ RANKS = {
     "backend": 4,
     "runner": 5,
     "session": 6,
-    "prompts": 6, "arrowpages": 6,
+    "prompts": 6, "arrowpages": 6, "parquetschema": 6,
     "jobs": 7, "export": 7, "batch_api": 7, "dspy_adapter": 7, "proxy": 7, "dask": 7,
     "accessor": 8,
     "demo": 8, "cli": 8,
