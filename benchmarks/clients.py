@@ -180,10 +180,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         __import__(_IMPORTS[client])
     items = prompts(spec["n"], spec.get("offset", 0))
     runner = RUNNERS[client]
-    # A small untimed batch first (other prompts, no cache), so that what a client imports or
+    # A small untimed batch first (other prompts), so that what a client imports or
     # builds on first use is not charged to the measured batch; each run still opens its own
     # connections, except where a client keeps them process-wide itself.
-    asyncio.run(runner(url, prompts(WARM_UP, offset=len(items) + 1_000_000), concurrency))
+    # With a cache, the warm-up uses one too (its own directory), so that the first cache's costs
+    # (the writer thread, the lookup thread pool, first connections) are not charged either.
+    warm_cache = f"{spec['cache_dir']}-warm-up" if spec.get("cache_dir") else None
+    asyncio.run(runner(url, prompts(WARM_UP, offset=len(items) + 1_000_000), concurrency, cache_dir=warm_cache))
 
     async def timed() -> tuple[list[Any], Timer]:
         with Timer() as t:
