@@ -8,12 +8,12 @@ import warnings
 
 import pandas as pd
 import pytest
+from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
 from minima_nb import session
 from minima_nb.accessor import DETAIL_DTYPES, MISSING_PROMPT
-from minima_nb.backend import OpenAIMinimaLlm
-from minima_nb.config import BatchConfig, MinimaLlmConfig
+from minima_nb.config import BatchConfig
 from minima_nb.errors import BatchAborted, ConfigError
 from minima_nb.runner import run_sync
 from minima_nb.testing import MockServer, mock_answer
@@ -27,16 +27,6 @@ def srv():
         yield server
 
 
-def make_backend(srv, cache_dir, **settings) -> OpenAIMinimaLlm:
-    config = MinimaLlmConfig(base_url=srv.base_url, model="mock-model", cache_dir=str(cache_dir),
-                             rpm=0, **settings)
-    return OpenAIMinimaLlm(config)
-
-
-def close_backend(llm: OpenAIMinimaLlm) -> None:
-    """Close the HTTP pool on minima_nb's private loop, then the cache."""
-    run_sync(llm.aclose())
-    llm.close()
 
 
 @pytest.fixture

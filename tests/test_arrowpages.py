@@ -11,27 +11,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _cache_rows import T0, fill, row
 
 from minima_nb import arrowpages
 from minima_nb.cache import CacheRow, PromptCache
 from minima_nb.errors import CacheError
 from minima_nb.export import PARQUET_SCHEMA, CacheView, open_cache, view
 
-T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc).timestamp()
 BIG = "鳥😀" * 100_000 + "x" * 300_000  # about 1 MB of UTF-8
 EMOJI = "emoji 😀🎉, 中文 问题, مرحبا بالعالم"
 MIXED_ROWS, NULL_NAMESPACE_ROWS, NULL_FIRST = 3_200, 3_000, 5
-
-
-def row(key, *, model="m1", namespace=None, text=None, created_at=T0, **fields):
-    return CacheRow(key, namespace, model, [{"role": "user", "content": key}], {"temperature": 0},
-                    text if text is not None else f"answer {key}", created_at=created_at, **fields)
-
-
-def fill(directory: Path, rows) -> None:
-    with PromptCache(directory) as cache:
-        for r in rows:
-            cache.put(r)
 
 
 def mixed_row(i: int) -> CacheRow:

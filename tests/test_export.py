@@ -14,17 +14,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _cache_rows import T0, fill, row
 
 from minima_nb import MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm, open_cache
 from minima_nb._version import __version__
-from minima_nb.cache import CacheRow, PromptCache
 from minima_nb.errors import CacheError
 from minima_nb.export import PARQUET_SCHEMA, CacheView, view
 from minima_nb.testing import MockServer
 
 KEY = "sk-test-EXPORT-SECRET-7f3a9c"
 PROMPTS = ["What is 2+2?", "Capital of France?", "emoji 😀🎉", "中文 问题", "مرحبا بالعالم", "plain"]
-T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc).timestamp()
 
 
 def requests(prompts=PROMPTS):
@@ -41,17 +40,6 @@ def run(srv: MockServer, cache_dir: Path, prompts=PROMPTS):
         return asyncio.run(backend.run_batched(requests(prompts), progress=False))
     finally:
         backend.close()
-
-
-def row(key, *, model="m1", namespace=None, text=None, created_at=T0, **fields):
-    return CacheRow(key, namespace, model, [{"role": "user", "content": key}], {"temperature": 0},
-                    text if text is not None else f"answer {key}", created_at=created_at, **fields)
-
-
-def fill(directory: Path, rows) -> None:
-    with PromptCache(directory) as cache:
-        for r in rows:
-            cache.put(r)
 
 
 def frame(cache_view: CacheView) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
 from minima_nb.backend import OpenAIMinimaLlm
@@ -36,17 +37,6 @@ def srv():
         yield server
 
 
-def make_backend(srv, cache_dir, **settings) -> OpenAIMinimaLlm:
-    if cache_dir is not None:
-        settings["cache_dir"] = str(cache_dir)
-    config = MinimaLlmConfig(base_url=srv.base_url, model="mock-model", rpm=0, **settings)
-    return OpenAIMinimaLlm(config)
-
-
-def close_backend(llm: OpenAIMinimaLlm) -> None:
-    """Close the HTTP pool on minima_nb's private loop, then the cache."""
-    run_sync(llm.aclose())
-    llm.close()
 
 
 @pytest.fixture
