@@ -16,24 +16,11 @@ from minima_nb.accessor import DETAIL_DTYPES, MISSING_PROMPT
 from minima_nb.config import BatchConfig
 from minima_nb.errors import BatchAborted, ConfigError
 from minima_nb.runner import run_sync
-from minima_nb.testing import MockServer, mock_answer
+from minima_nb.testing import mock_answer
 
 DETAIL_COLUMNS = list(DETAIL_DTYPES)
 
 
-@pytest.fixture
-def srv():
-    with MockServer() as server:
-        yield server
-
-
-
-
-@pytest.fixture
-def backend(srv, tmp_path):
-    llm = make_backend(srv, tmp_path / "cache")
-    yield llm
-    close_backend(llm)
 
 
 def echo(prompt: str, model: str = "mock-model") -> str:

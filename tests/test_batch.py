@@ -46,12 +46,6 @@ class RecordingSink:
         return self.snapshots[-1]
 
 
-@pytest.fixture
-def srv():
-    with MockServer() as server:
-        yield server
-
-
 def make_config(srv: MockServer, cache_dir: Path, **changes) -> MinimaLlmConfig:
     return MinimaLlmConfig(
         base_url=srv.base_url, model="mock-model", api_key="sk-test", rpm=0,
@@ -100,6 +94,27 @@ async def wait_until(condition) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("condition not reached within the wait limit")
+
+
+async def cancel_after(done_at_least: int, *, num_workers: int, progress) -> list[int]:
+    """Run 500 items of 2 ms each, cancel once ``done_at_least`` finished; the items done.
+
+    Checks on the way that the cancel reaches the caller as CancelledError.
+    """
+    done: list[int] = []
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.002)
+        done.append(i)
+        return i
+
+    task = asyncio.ensure_future(run_batched_callable(list(range(500)), work, num_workers=num_workers,
+                                                      progress=progress))
+    await wait_until(lambda: len(done) >= done_at_least)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return done
 
 
 # -- the pool ------------------------------------------------------------------------------------
@@ -219,19 +234,9 @@ def test_programming_error_is_reraised_and_stops_every_worker():
 
 def test_cancel_propagates_and_leaves_no_task_running():
     """Cancelling the batch task raises CancelledError and stops every worker."""
-    done = []
-
-    async def work(i: int) -> int:
-        await asyncio.sleep(0.002)
-        done.append(i)
-        return i
 
     async def main() -> None:
-        task = asyncio.ensure_future(run_batched_callable(list(range(500)), work, num_workers=4, progress=False))
-        await wait_until(lambda: len(done) >= 8)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        done = await cancel_after(8, num_workers=4, progress=False)
         assert asyncio.all_tasks() == {asyncio.current_task()}
         seen = len(done)
         await asyncio.sleep(0.02)
@@ -293,21 +298,7 @@ def test_progress_closes_aborted_on_batch_aborted():
 def test_progress_closes_interrupted_on_cancel():
     """A cancelled batch closes the sink with "interrupted"."""
     sink = RecordingSink()
-    done = []
-
-    async def work(i: int) -> int:
-        await asyncio.sleep(0.002)
-        done.append(i)
-        return i
-
-    async def main() -> None:
-        task = asyncio.ensure_future(run_batched_callable(list(range(500)), work, num_workers=2, progress=sink))
-        await wait_until(lambda: len(done) >= 4)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    done = asyncio.run(cancel_after(4, num_workers=2, progress=sink))
     assert sink.closes == ["interrupted"]
     assert sink.final.done == len(done)
 

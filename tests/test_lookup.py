@@ -25,25 +25,12 @@ from minima_nb.cachekey import cache_key, key_function
 from minima_nb.config import BatchConfig, MinimaLlmConfig
 from minima_nb.errors import BatchAborted
 from minima_nb.runner import run_sync
-from minima_nb.testing import MockServer, mock_answer
+from minima_nb.testing import mock_answer
 from minima_nb.types import MinimaLlmRequest
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def srv():
-    with MockServer() as server:
-        yield server
-
-
-
-
-@pytest.fixture
-def backend(srv, tmp_path):
-    llm = make_backend(srv, tmp_path / "cache")
-    yield llm
-    close_backend(llm)
 
 
 def msgs(prompt: str) -> list[dict[str, str]]:

@@ -18,7 +18,6 @@ import pytest
 
 from minima_nb import MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm
 from minima_nb.config import ENV_VARS
-from minima_nb.testing import MockServer
 
 SEED_README = Path(
     os.environ.get("MINIMA_SEED_README", Path(__file__).resolve().parents[2] / "shared" / "SEED-minima-llm-README.md")
@@ -91,12 +90,6 @@ asyncio.run(batch1(backend))
 # Second asyncio.run() - works correctly
 asyncio.run(batch2(backend))
 '''
-
-
-@pytest.fixture
-def srv():
-    with MockServer() as server:
-        yield server
 
 
 @pytest.fixture
