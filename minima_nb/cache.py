@@ -40,7 +40,14 @@ from .cachefile import (
     open_file,
     prepare_directory,
 )
-from .cachekey import KeyTracer, cache_key, canonical_json, key_function, normalise_numbers
+from .cachekey import (
+    KeyTracer,
+    cache_key,
+    canonical_json,
+    key_function,
+    normalise_numbers,
+    string_messages_json,
+)
 from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect
 from .errors import CacheError
 
@@ -118,25 +125,10 @@ def _jsonable(obj: Any) -> Any:
 _to_json = json.JSONEncoder(ensure_ascii=False, default=_jsonable).encode
 
 
-_json_string = json.encoder.encode_basestring  # the encoder's own string escaper (ensure_ascii=False)
-
-
 def _messages_json(messages: Any) -> str:
-    """``_to_json(messages)``: the usual list of string-to-string dicts is spelled here directly
-    (the same text, in a third of the time; one is stored per answer)."""
-    if type(messages) is not list:
-        return _to_json(messages)
-    spelled = []
-    for message in messages:
-        if type(message) is not dict:
-            return _to_json(messages)
-        fields = []
-        for name, value in message.items():
-            if type(name) is not str or type(value) is not str:
-                return _to_json(messages)
-            fields.append(_json_string(name) + ": " + _json_string(value))
-        spelled.append("{" + ", ".join(fields) + "}")
-    return "[" + ", ".join(spelled) + "]"
+    """``_to_json(messages)``, spelled directly for the usual list of string dicts (one per answer)."""
+    spelled = string_messages_json(messages, canonical=False)
+    return _to_json(messages) if spelled is None else spelled
 
 
 def _row_from_db(values: Sequence[Any]) -> CacheRow:
