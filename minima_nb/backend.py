@@ -241,12 +241,11 @@ class OpenAIMinimaLlm:
         keys = []
         for request, model in zip(requests, models, strict=True):
             t, m = request.temperature, request.max_tokens
-            # Types too: True == 1 in a tuple, but the two are spelled differently in JSON.
-            fields = (model, type(t), t, type(m), m, id(request.extra))  # requests keep extra alive
-            key_of = key_functions.get(fields) if _hashable(fields) else None
+            fields = _memo_key(model, t, m, id(request.extra))  # requests keep extra alive
+            key_of = key_functions.get(fields) if fields is not None else None
             if key_of is None:
                 key_of = key_function(model, t, m, request.extra, namespace)
-                if _hashable(fields):
+                if fields is not None:
                     key_functions[fields] = key_of
             key, canonical = key_of(request.messages)
             keys.append(self._traced(key, canonical) if cached else key)
@@ -385,9 +384,8 @@ class OpenAIMinimaLlm:
         """The stored JSON of ``params`` when ``extra`` is None, made once per (temperature, max_tokens)."""
         if params["extra"] is not None:
             return None  # the cache encodes it
-        t, m = params["temperature"], params["max_tokens"]
-        fields = (type(t), t, type(m), m)  # types too: True == 1, but JSON spells them apart
-        if not _hashable(fields):
+        fields = _memo_key(params["temperature"], params["max_tokens"])
+        if fields is None:
             return None
         spelled = self._params_spelled.get(fields)
         if spelled is None:
@@ -397,13 +395,16 @@ class OpenAIMinimaLlm:
         return spelled
 
 
-def _hashable(value: Any) -> bool:
-    """Whether ``value`` can key a dict (a mistaken list as a temperature cannot)."""
+def _memo_key(*values: Any) -> tuple[Any, ...] | None:
+    """``values`` with their types, to key a memo of what they are spelled as; None when one
+    cannot key a dict (a mistaken list as a temperature). Types too: True == 1 in a tuple, but
+    JSON spells them apart."""
+    key = (*map(type, values), *values)
     try:
-        hash(value)
+        hash(key)
     except TypeError:
-        return False
-    return True
+        return None
+    return key
 
 
 def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:
