@@ -97,19 +97,25 @@ def _bare_lookup(path: Path, keys: list[str]) -> tuple[float, int]:
     return t.wall_s, found
 
 
+def _cached_backend(spec: dict[str, Any]) -> Any:
+    """A backend on the cache directory ``spec["dir"]``, unpaced (every answer is a hit)."""
+    from minima_nb import MinimaLlmConfig, OpenAIMinimaLlm
+
+    return OpenAIMinimaLlm(MinimaLlmConfig(base_url=spec["url"], model=MODEL, api_key=API_KEY,
+                                           cache_dir=spec["dir"], rpm=0))
+
+
 def accessor(spec: dict[str, Any]) -> dict[str, Any]:
     """Fully cached ``df.minima.generate`` over ``spec["n"]`` rows, and bare SQLite on the same file."""
     import pandas as pd
 
     import minima_nb  # noqa: F401  - registers the accessor
-    from minima_nb import MinimaLlmConfig, OpenAIMinimaLlm
     from minima_nb.cache import CACHE_FILENAME, cache_key
 
     items = prompts(spec["n"])
     frame = pd.DataFrame({"prompt": items})
     keys = [cache_key(MODEL, messages_of(p), None, None, None)[0] for p in items]
-    backend = OpenAIMinimaLlm(MinimaLlmConfig(base_url=spec["url"], model=MODEL, api_key=API_KEY,
-                                              cache_dir=spec["dir"], rpm=0))
+    backend = _cached_backend(spec)
     out: dict[str, Any] = {"n": len(items)}
     if spec.get("bare_first"):
         out["bare_s"], out["bare_found"] = _bare_lookup(Path(spec["dir"]) / CACHE_FILENAME, keys)
@@ -128,10 +134,7 @@ def accessor(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _lookup_only(spec: dict[str, Any], items: list[str]) -> float:
     """``backend.lookup(messages, text_only=True)`` alone: the keys and reads of the accessor's call."""
-    from minima_nb import MinimaLlmConfig, OpenAIMinimaLlm
-
-    backend = OpenAIMinimaLlm(MinimaLlmConfig(base_url=spec["url"], model=MODEL, api_key=API_KEY,
-                                              cache_dir=spec["dir"], rpm=0))
+    backend = _cached_backend(spec)
     slots = [messages_of(p) for p in items]
     with Timer() as t:
         texts = backend.lookup(slots, text_only=True)
@@ -142,13 +145,12 @@ def _lookup_only(spec: dict[str, Any], items: list[str]) -> float:
 
 
 def _backend_only(spec: dict[str, Any], items: list[str]) -> float:
-    """``backend.run_batched`` alone over the same (cached) prompts: the accessor's share, by difference."""
+    """``backend.run_batched`` over the same (cached) prompts: the path of a caller holding requests."""
     import asyncio
 
-    from minima_nb import MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm
+    from minima_nb import MinimaLlmRequest
 
-    backend = OpenAIMinimaLlm(MinimaLlmConfig(base_url=spec["url"], model=MODEL, api_key=API_KEY,
-                                              cache_dir=spec["dir"], rpm=0))
+    backend = _cached_backend(spec)
     requests = [MinimaLlmRequest(request_id=f"row-{i}", messages=messages_of(p)) for i, p in enumerate(items)]
     with Timer() as t:
         results = asyncio.run(backend.run_batched(requests, progress=False))

@@ -46,12 +46,16 @@ async def drive(count: int, concurrency: int, one: Callable[[int], Awaitable[Any
     return results
 
 
+def _chat_target(url: str) -> tuple[str, dict[str, str]]:
+    """(endpoint, headers) of a raw chat-completions POST to the upstream at ``url``."""
+    return f"{url}/chat/completions", {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+
+
 async def run_aiohttp(url: str, items: list[str], concurrency: int, **_: Any) -> list[Any]:
     """Raw aiohttp: the floor. JSON in and out, one keep-alive pool."""
     import aiohttp
 
-    endpoint = f"{url}/chat/completions"
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    endpoint, headers = _chat_target(url)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         async def one(i: int) -> str:
@@ -154,8 +158,7 @@ async def _round_trips(url: str, count: int) -> list[float]:
 
     import aiohttp
 
-    endpoint = f"{url}/chat/completions"
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    endpoint, headers = _chat_target(url)
     seconds = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for i in range(count + 1):  # the first opens the connection: not counted
