@@ -160,15 +160,20 @@ def _sink(backend: Any, progress: Any, label: str) -> Any:
     return make_sink(progress, label=label, **timing)
 
 
+def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_rows: int) -> dict[str, Any]:
+    """``run_batched``'s keyword arguments for one call."""
+    options = {"force_refresh": force_refresh, "progress": sink, "draw_in_loop": draw_in_loop}
+    if cached_rows:  # only a backend with lookup() answered rows itself; others need not know it
+        options["cached_rows"] = cached_rows
+    return options
+
+
 def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
     """Run one batch from sync code (a script or a kernel cell), drawing on this thread."""
     sink = _CloseOnCaller(_sink(backend, progress, label))
     status = "error"  # the batch's own closing status wins; this is for when it never closed
-    # Only a backend with lookup() answered rows itself; others need not know the keyword.
-    counted = {"cached_rows": cached_rows} if cached_rows else {}
     try:
-        batch = backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
-                                    draw_in_loop=False, **counted)
+        batch = backend.run_batched(requests, **_batch_options(force_refresh, sink, False, cached_rows))
         results = run_sync(batch, on_poll=sink.draw)
         status = "done"
         return results
@@ -184,9 +189,7 @@ def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> l
 
 async def _arun(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
     sink = _sink(backend, progress, label)
-    counted = {"cached_rows": cached_rows} if cached_rows else {}
-    return await backend.run_batched(requests, force_refresh=force_refresh, progress=sink,
-                                     draw_in_loop=True, **counted)
+    return await backend.run_batched(requests, **_batch_options(force_refresh, sink, True, cached_rows))
 
 
 def _note_partial(exc: BatchAborted, partial: pd.DataFrame) -> None:
