@@ -26,11 +26,11 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .cache import COLUMNS, page_rows
+from .cache import COLUMNS, FIRST_ROWID, page_rows, page_sql
 
 __all__ = ["TYPING_ROWID", "arrow_pages", "rows_to_table"]
 
-TYPING_ROWID = -(2**63)  # below every real rowid, so it can never be a stored row's
+TYPING_ROWID = FIRST_ROWID  # below every real rowid, so it can never be a stored row's
 _log = logging.getLogger(__name__)
 _INTEGER_COLUMNS = {"input_tokens", "output_tokens"}
 _REAL_COLUMNS = {"latency_s", "created_at"}
@@ -76,10 +76,8 @@ class _DriverPager:
     def __init__(self, path: Path, where_sql: str, include_raw: bool, connect: Callable[[Path], Any]) -> None:
         self.path = path
         self.connect = connect
-        columns = ", ".join(c if include_raw or c != "raw" else "NULL AS raw" for c in COLUMNS)
-        condition = f" AND ({where_sql})" if where_sql.strip() else ""
-        self.sql = (f"{_typing_row()} UNION ALL SELECT * FROM (SELECT rowid, {columns} FROM responses "
-                    f"WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?)")
+        # The typing row names and types the columns; the page's own query follows it unchanged.
+        self.sql = f"{_typing_row()} UNION ALL SELECT * FROM ({page_sql(where_sql, include_raw)})"
 
     def page(self, after: int, params: Sequence[Any], size: int) -> pa.Table:
         """Up to ``size`` rows after rowid ``after``, typing row dropped; raises on any driver error."""
@@ -129,6 +127,5 @@ def arrow_pages(path: Path, query: Callable[[str, Sequence[Any]], list[Any]], wh
             yield table
         if page.num_rows < chunk_size:
             return
-    where = f"rowid > {after}" + (f" AND ({where_sql})" if where_sql.strip() else "")  # resume where it broke
-    for rows in page_rows(query, where, params, chunk_size, include_raw):
+    for rows in page_rows(query, where_sql, params, chunk_size, include_raw, after=after):  # on from where it broke
         yield rows_to_table(rows, schema)

@@ -52,9 +52,9 @@ from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect
 from .errors import CacheError
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "LOCK_RETRY_S", "MIGRATIONS", "READ_CHUNK",
-    "SCHEMA_VERSION", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache", "cache_key",
-    "canonical_json", "key_function", "normalise_numbers", "page_rows",
+    "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "CacheRow", "CachedAnswer", "FIRST_ROWID",
+    "KeyTracer", "LOCK_RETRY_S", "MIGRATIONS", "PromptCache", "READ_CHUNK", "SCHEMA_VERSION",
+    "cache_key", "canonical_json", "key_function", "normalise_numbers", "page_rows", "page_sql",
 ]
 
 READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
@@ -137,19 +137,33 @@ def _row_from_db(values: Sequence[Any]) -> CacheRow:
                     text, None if raw is None else json.loads(raw), *rest)
 
 
+FIRST_ROWID = -(2**63)  # below every rowid: "after FIRST_ROWID" is from the start
+
+
+def page_sql(where_sql: str, include_raw: bool) -> str:
+    """The query of one page of stored rows ``(rowid, *COLUMNS)`` matching ``where_sql``.
+
+    Its parameters: the rowid to start after, ``where_sql``'s own, and the page size; ``raw``
+    is NULL unless ``include_raw``.
+    """
+    columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
+    condition = f" AND ({where_sql})" if where_sql.strip() else ""
+    return f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
+
+
 def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, params: Sequence[Any],
-              chunk_size: int, include_raw: bool, limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
-    """Stored rows ``(rowid, *COLUMNS)`` in insert order, in lists of up to ``chunk_size``.
+              chunk_size: int, include_raw: bool, limit: int | None = None,
+              after: int = FIRST_ROWID) -> Iterator[list[tuple[Any, ...]]]:
+    """Stored rows ``(rowid, *COLUMNS)`` after rowid ``after``, in insert order, in lists of up
+    to ``chunk_size``.
 
     Pages by rowid, one short ``query(sql, params)`` per list, so no read stays open between
     lists; ``raw`` is NULL unless ``include_raw``; at most ``limit`` rows when given.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
-    columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
-    condition = f" AND ({where_sql})" if where_sql.strip() else ""
-    sql = f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
-    last, left = -(2**63), limit
+    sql = page_sql(where_sql, include_raw)
+    last, left = after, limit
     while left is None or left > 0:
         size = chunk_size if left is None else min(chunk_size, left)
         rows = query(sql, (last, *params, size))
