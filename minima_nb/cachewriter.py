@@ -203,20 +203,22 @@ class BatchWriter:
             batch.append(item)
             if len(batch) >= self._max_rows:
                 return batch, False
+            item = self._next_before(deadline)
+            if item is None:
+                return batch, False
+
+    def _next_before(self, deadline: float) -> Any:
+        """The next queued item, waiting until ``deadline`` (or a flush/stop) for one; None if none came."""
+        while True:
             try:
-                item = self._queue.get_nowait()
-                continue
+                return self._queue.get_nowait()
             except queue.Empty:
                 pass
             left = deadline - time.monotonic()
             if left <= 0:
-                return batch, False
+                return None
             self._wake.wait(left)
             self._wake.clear()
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return batch, False
 
     def _write(self, conn: sqlite3.Connection, batch: list[tuple[int, _Values]]) -> None:
         error = None
