@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m minima_nb.demo
+	$(PY) -m minima_nb.cli.demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

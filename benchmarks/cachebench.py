@@ -182,8 +182,8 @@ class _RssSampler(threading.Thread):
 
 def export(spec: dict[str, Any]) -> dict[str, Any]:
     """``open_cache(dir).to_parquet(path)``: rows/s and peak RSS over the RSS before it."""
-    from minima_nb import arrowpages
     from minima_nb.export import open_cache
+    from minima_nb.export import pages as arrowpages
 
     if spec.get("without_driver"):
         arrowpages._adbc_connect = lambda: None  # noqa: SLF001  - measure the sqlite3 fallback

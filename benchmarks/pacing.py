@@ -31,7 +31,7 @@ def _rate(times: list[float], start: float, end: float) -> float:
 
 async def _paced_run(url: str, spec: dict[str, Any], server: Any) -> tuple[list[float], float]:
     from minima_nb import BatchConfig, MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm
-    from minima_nb.transport import AiohttpTransport
+    from minima_nb.engine.transport import AiohttpTransport
 
     sent: list[float] = []
 

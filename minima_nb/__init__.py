@@ -1,12 +1,16 @@
 """minima_nb: run thousands of LLM prompts from a notebook, cached, paced, resumable.
 
-Importing the package registers the pandas accessor ``minima``. No logic lives here.
+Importing the package registers the pandas accessor ``minima`` and loads nothing heavier than
+pandas: the engine (asyncio, aiohttp, SQLite) and the Parquet export load when a name that
+needs them is first used. No logic lives here beyond that table of names.
 """
 
-from . import accessor as _accessor  # noqa: F401  (registers df.minima)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .backend import OpenAIMinimaLlm
-from .batch import run_batched_callable
 from .config import BatchConfig, MinimaLlmConfig, ParasailBatchConfig
 from .errors import (
     AuthError,
@@ -24,9 +28,9 @@ from .errors import (
     StatusError,
     TransportError,
 )
-from .export import open_cache
-from .runner import run_sync
-from .session import configure, get_backend
+from .notebook import accessor as _accessor  # noqa: F401  (registers df.minima)
+from .notebook import progress as _progress  # noqa: F401  (the widget bar for progress=True)
+from .notebook.session import configure, get_backend
 from .types import (
     AsyncMinimaLlmBackend,
     BatchSnapshot,
@@ -35,6 +39,34 @@ from .types import (
     MinimaLlmResponse,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .engine.backend import OpenAIMinimaLlm
+    from .engine.pool import run_batched_callable
+    from .engine.sync import run_sync
+    from .export import open_cache
+
+# Names whose modules load on first use: name -> module (relative to this package).
+_LAZY = {
+    "OpenAIMinimaLlm": ".engine.backend",
+    "open_cache": ".export",
+    "run_batched_callable": ".engine.pool",
+    "run_sync": ".engine.sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'minima_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AsyncMinimaLlmBackend",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from minima_nb.backend import OpenAIMinimaLlm
 from minima_nb.config import MinimaLlmConfig
-from minima_nb.runner import run_sync
+from minima_nb.engine.backend import OpenAIMinimaLlm
+from minima_nb.engine.sync import run_sync
 
 
 def make_backend(srv, cache_dir, **settings) -> OpenAIMinimaLlm:

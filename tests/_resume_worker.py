@@ -12,8 +12,8 @@ import asyncio
 import json
 import sys
 
-from minima_nb.backend import OpenAIMinimaLlm
 from minima_nb.config import MinimaLlmConfig
+from minima_nb.engine.backend import OpenAIMinimaLlm
 from minima_nb.types import MinimaLlmRequest
 
 WORKERS = 16

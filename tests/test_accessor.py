@@ -11,11 +11,11 @@ import pytest
 from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
-from minima_nb import session
-from minima_nb.accessor import DETAIL_DTYPES, MISSING_PROMPT
 from minima_nb.config import BatchConfig
+from minima_nb.engine.sync import run_sync
 from minima_nb.errors import BatchAborted, ConfigError
-from minima_nb.runner import run_sync
+from minima_nb.notebook import session
+from minima_nb.notebook.accessor import DETAIL_DTYPES, MISSING_PROMPT
 from minima_nb.testing import mock_answer
 
 DETAIL_COLUMNS = list(DETAIL_DTYPES)

@@ -1,4 +1,4 @@
-"""Tests for minima_nb.arrowpages: exports read through the ADBC SQLite driver equal the sqlite3 path."""
+"""Tests for minima_nb.export.pages: exports read through the ADBC SQLite driver equal the sqlite3 path."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from _cache_rows import T0, fill, row
 
-from minima_nb import arrowpages
 from minima_nb.cache import CacheRow, PromptCache
 from minima_nb.errors import CacheError
 from minima_nb.export import PARQUET_SCHEMA, CacheView, open_cache, view
+from minima_nb.export import pages as arrowpages
 
 BIG = "鳥😀" * 100_000 + "x" * 300_000  # about 1 MB of UTF-8
 EMOJI = "emoji 😀🎉, 中文 问题, مرحبا بالعالم"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from minima_nb.backend import OpenAIMinimaLlm
-from minima_nb.batch import run_batched_callable
 from minima_nb.config import MinimaLlmConfig
+from minima_nb.engine.backend import OpenAIMinimaLlm
+from minima_nb.engine.pool import run_batched_callable
 from minima_nb.errors import BatchAborted
 from minima_nb.testing import MockServer, mock_answer
 from minima_nb.types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse

@@ -12,7 +12,7 @@ def test_demo_runs_two_passes_and_the_second_sends_nothing(tmp_path):
     """The demo exits 0, answers every row, and its cached pass sends zero requests."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CACHE_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "minima_nb.demo", "--rows", "120", "--latency-ms", "5",
+        [sys.executable, "-m", "minima_nb.cli.demo", "--rows", "120", "--latency-ms", "5",
          "--cache-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env=env,
     )

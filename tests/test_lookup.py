@@ -19,12 +19,12 @@ import pytest
 from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
-from minima_nb.backend import OpenAIMinimaLlm
 from minima_nb.cache import CacheRow, PromptCache
-from minima_nb.cachekey import cache_key, key_function
+from minima_nb.cache.key import cache_key, key_function
 from minima_nb.config import BatchConfig, MinimaLlmConfig
+from minima_nb.engine.backend import OpenAIMinimaLlm
+from minima_nb.engine.sync import run_sync
 from minima_nb.errors import BatchAborted
-from minima_nb.runner import run_sync
 from minima_nb.testing import mock_answer
 from minima_nb.types import MinimaLlmRequest
 

@@ -8,9 +8,7 @@ import threading
 import pytest
 from tqdm.std import tqdm as std_tqdm
 
-from minima_nb.errors import ConfigError
-from minima_nb.progress import (
-    NotebookSink,
+from minima_nb.engine.progress import (
     NullSink,
     ProgressSink,
     TextSink,
@@ -18,6 +16,8 @@ from minima_nb.progress import (
     make_sink,
     running_in_notebook,
 )
+from minima_nb.errors import ConfigError
+from minima_nb.notebook.progress import NotebookSink
 from minima_nb.types import BatchSnapshot
 
 

@@ -10,8 +10,9 @@ from email.utils import format_datetime
 
 import pytest
 
+from minima_nb.engine.limits import RateLimitInfo, parse_duration, parse_retry_after
+from minima_nb.engine.pacer import RatePacer
 from minima_nb.errors import ConfigError
-from minima_nb.ratelimit import RateLimitInfo, RatePacer, parse_duration, parse_retry_after
 
 NOW_EPOCH = 1_700_000_000.0
 

@@ -10,6 +10,14 @@ from email.utils import format_datetime
 import pytest
 
 from minima_nb.config import MinimaLlmConfig
+from minima_nb.engine.retry import (
+    FATAL_STATUSES,
+    RETRYABLE_STATUSES,
+    RetryPolicy,
+    classify_status,
+    is_quota_exhausted,
+    retry_after_seconds,
+)
 from minima_nb.errors import (
     AuthError,
     ClientError,
@@ -17,14 +25,6 @@ from minima_nb.errors import (
     RateLimited,
     RequestTimeout,
     ServerError,
-)
-from minima_nb.retry import (
-    FATAL_STATUSES,
-    RETRYABLE_STATUSES,
-    RetryPolicy,
-    classify_status,
-    is_quota_exhausted,
-    retry_after_seconds,
 )
 
 NOW_EPOCH = 1_700_000_000.0

@@ -15,12 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from minima_nb.runner import (
-    background_loop,
-    in_background_loop,
-    run_sync,
-    shutdown_background_loop,
-)
+from minima_nb.engine.loop import background_loop, in_background_loop, shutdown_background_loop
+from minima_nb.engine.sync import run_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +139,8 @@ def test_works_after_nest_asyncio_was_applied():
         """
         import asyncio
         import nest_asyncio
-        from minima_nb.runner import run_sync, shutdown_background_loop
+        from minima_nb.engine.loop import shutdown_background_loop
+        from minima_nb.engine.sync import run_sync
 
         async def add(a, b):
             await asyncio.sleep(0.01)
@@ -357,7 +354,7 @@ def test_failing_on_poll_is_logged_once_at_debug(caplog):
     def broken_on_poll() -> None:
         raise ValueError("display broke")
 
-    with caplog.at_level(logging.DEBUG, logger="minima_nb.runner"):
+    with caplog.at_level(logging.DEBUG, logger="minima_nb.engine.sync"):
         run_sync(_add(1, 1), on_poll=broken_on_poll)
     records = [r for r in caplog.records if "on_poll" in r.getMessage()]
     assert len(records) == 1
@@ -371,7 +368,8 @@ def test_forked_child_gets_its_own_working_loop():
     result = _run_python(
         """
         import asyncio, os, signal
-        from minima_nb.runner import background_loop, run_sync
+        from minima_nb.engine.loop import background_loop
+        from minima_nb.engine.sync import run_sync
 
         parent_loop = background_loop()
         assert run_sync(asyncio.sleep(0, "parent")) == "parent"

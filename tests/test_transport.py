@@ -10,9 +10,9 @@ import httpx
 import pytest
 from aiohttp import web
 
+from minima_nb.engine.transport import make_transport
 from minima_nb.errors import ConnectError, RequestTimeout
 from minima_nb.testing import MockServer
-from minima_nb.transport import make_transport
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-contract"}
 KINDS = ["aiohttp", "httpx"]

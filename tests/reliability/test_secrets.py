@@ -94,9 +94,9 @@ def env_with_key(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 @pytest.mark.timeout(120)
 def test_demo_leaks_no_key(tmp_path):
-    """`python -m minima_nb.demo` with the key set: its output, cache and trace file hold no trace of the key."""
+    """`python -m minima_nb.cli.demo` with the key set: its output, cache and trace file hold no trace of the key."""
     proc = subprocess.run(
-        [sys.executable, "-m", "minima_nb.demo", "--rows", "50", "--latency-ms", "1",
+        [sys.executable, "-m", "minima_nb.cli.demo", "--rows", "50", "--latency-ms", "1",
          "--cache-dir", str(tmp_path / "demo-cache")],
         env=env_with_key(tmp_path), capture_output=True, timeout=100, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()

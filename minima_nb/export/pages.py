@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .cache import COLUMNS, FIRST_ROWID, page_rows, page_sql
+from ..cache import COLUMNS, FIRST_ROWID, page_rows, page_sql
 
 __all__ = ["TYPING_ROWID", "arrow_pages", "rows_to_table"]
 

@@ -8,11 +8,13 @@ says exactly what to set or call.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backend import OpenAIMinimaLlm
-from .config import MinimaLlmConfig
-from .errors import ConfigError
+from ..config import MinimaLlmConfig
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the engine loads on first use: `import minima_nb` stays cheap
+    from ..engine.backend import OpenAIMinimaLlm
 
 _lock = threading.Lock()
 _default: OpenAIMinimaLlm | None = None
@@ -31,6 +33,8 @@ def configure(config_or_backend: MinimaLlmConfig | OpenAIMinimaLlm | None = None
     Returns the backend now in use. ``configure(model="other")`` keeps the environment's other
     settings and changes the model.
     """
+    from ..engine.backend import OpenAIMinimaLlm  # the engine loads on first use
+
     if isinstance(config_or_backend, OpenAIMinimaLlm):
         if settings:
             raise ConfigError("pass either a backend or settings to configure(), not both.")
@@ -57,6 +61,8 @@ def get_backend() -> OpenAIMinimaLlm:
     global _default
     with _lock:
         if _default is None:
+            from ..engine.backend import OpenAIMinimaLlm  # the engine loads on first use
+
             try:
                 _default = OpenAIMinimaLlm(MinimaLlmConfig.from_env())
             except ConfigError as exc:

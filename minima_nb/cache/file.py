@@ -14,8 +14,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .cachewriter import connect, retry_when_busy
-from .errors import CacheError
+from ..errors import CacheError
+from .writer import connect, retry_when_busy
 
 __all__ = ["CACHE_FILENAME", "COLUMNS", "HELP", "MIGRATIONS", "SCHEMA_VERSION", "open_file",
            "prepare_directory"]

@@ -23,11 +23,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from .config import BatchConfig
-from .errors import BatchAborted
+from ..config import BatchConfig
+from ..errors import BatchAborted
+from ..types import MinimaLlmFailure
 from .meter import BatchMeter, current_meter
 from .progress import ProgressSink, make_sink
-from .types import MinimaLlmFailure
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ResponseError
-from .types import MinimaLlmRequest
+from ..errors import ResponseError
+from ..types import MinimaLlmRequest
 
 # Force-refresh temperature ramp: each refresh of the same prompt nudges the temperature up a
 # little (capped) so a deterministic server can come back with a different answer.

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 
-from .config import MinimaLlmConfig
-from .errors import AuthError, CallError, ClientError, ConfigError, RateLimited, ServerError
+from ..config import MinimaLlmConfig
+from ..errors import AuthError, CallError, ClientError, ConfigError, RateLimited, ServerError
 
 __all__ = [
     "FATAL_STATUSES",

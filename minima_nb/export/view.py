@@ -30,12 +30,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._version import __version__
-from .arrowpages import arrow_pages, rows_to_table
-from .cache import CACHE_FILENAME, COLUMNS, PromptCache, page_rows
-from .cachewriter import connect, retry_when_busy
-from .errors import CacheError
-from .parquetschema import (
+from .._version import __version__
+from ..cache import CACHE_FILENAME, COLUMNS, PromptCache, connect, page_rows, retry_when_busy
+from ..errors import CacheError
+from .pages import arrow_pages, rows_to_table
+from .schema import (
     PARQUET_SCHEMA,
     PARQUET_SCHEMA_VERSION,
     REQUIRED_COLUMNS,

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 
-from .types import BatchSnapshot
+from ..types import BatchSnapshot
 
 RATE_WINDOW_S = 30.0
 

@@ -1,8 +1,9 @@
 """``OpenAIMinimaLlm``: one request through cache → pacing → retry → transport, and batches of them.
 
-The backend is thin glue. It owns one of each: transport (HTTP pools, one per event loop),
-prompt cache, pacer (shared by every request, across loops), retry policy. It can be used from
-several event loops one after another: everything loop-bound is created lazily per loop.
+The backend is thin glue, and the one place where the engine meets the prompt cache. It owns a
+:class:`~.call.Caller` (transport, pacer, retry policy: the wire side) and the prompt cache
+(keys, lookups, stored answers). It can be used from several event loops one after another:
+everything loop-bound is created lazily per loop.
 
 ``generate`` never raises for a failed call: it returns a :class:`MinimaLlmFailure`. It raises
 only for programming errors (a malformed message list, a wrong argument type).
@@ -19,17 +20,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .batch import ProgressArg, run_batched_callable
-from .cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
-from .config import MinimaLlmConfig
-from .errors import BatchAborted, CallError, ClientError
-from .looplocal import LoopLocal
-from .meter import current_meter
-from .ratelimit import RateLimitInfo, RatePacer
-from .retry import RetryPolicy, classify_status
-from .transport import HttpReply, Transport, make_transport
-from .types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
-from .wire import ParsedAnswer, build_payload, check_messages, encode, parse_answer
+from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
+from ..config import MinimaLlmConfig
+from ..errors import BatchAborted, CallError
+from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
+from .call import Caller
+from .pacer import RatePacer
+from .pool import ProgressArg, run_batched_callable
+from .transport import Transport
+from .wire import ParsedAnswer, build_payload, check_messages, encode
 
 CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
 
@@ -52,33 +51,12 @@ class OpenAIMinimaLlm:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config = config if config is not None else MinimaLlmConfig.from_env()
-        self._transport = transport or make_transport(
-            config.transport, client=client, compress_gzip=config.compress_gzip
-        )
+        self._caller = Caller(config, client=client, transport=transport, clock=clock,
+                              sleep=sleep, rng=rng)
         self._cache = PromptCache(config.cache_dir) if config.cache_dir else None
         self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
-        self._pacer = RatePacer(
-            config.rpm,
-            cooldown_floor_s=config.cooldown_floor_s,
-            cooldown_cap_s=config.cooldown_cap_s,
-            cooldown_halflife_s=config.cooldown_halflife_s,
-            clock=clock,
-            sleep=sleep,
-        )
-        self._policy = RetryPolicy.from_config(config)
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._outstanding: LoopLocal[asyncio.Semaphore] = LoopLocal(
-            lambda: asyncio.Semaphore(config.max_outstanding)
-        )
-        self._url = config.endpoint_url
         self._refresh_rounds: dict[str, int] = {}
         self._params_spelled: dict[tuple[Any, ...], str] = {}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        self.__headers = headers  # name-mangled: not part of any public surface
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -90,7 +68,7 @@ class OpenAIMinimaLlm:
     @property
     def pacer(self) -> RatePacer:
         """The request pacer shared by every call of this backend."""
-        return self._pacer
+        return self._caller.pacer
 
     async def generate(
         self, request: MinimaLlmRequest, force_refresh: bool = False, *, include_raw: bool = False
@@ -200,7 +178,7 @@ class OpenAIMinimaLlm:
 
     async def aclose(self) -> None:
         """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
-        await self._transport.aclose()
+        await self._caller.aclose()
         if self._cache is not None:
             await self._cache.aflush()
 
@@ -214,7 +192,7 @@ class OpenAIMinimaLlm:
     def __repr__(self) -> str:
         return (
             f"OpenAIMinimaLlm(base_url={self.config.base_url!r}, model={self.config.model!r}, "
-            f"transport={self._transport.name!r}, cache_dir={self.config.cache_dir!r})"
+            f"transport={self._caller.transport.name!r}, cache_dir={self.config.cache_dir!r})"
         )
 
     # -- internals -------------------------------------------------------------------------------
@@ -298,78 +276,22 @@ class OpenAIMinimaLlm:
     ) -> MinimaLlmResult:
         body = self._payload(request, model, key, refresh)
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
-        meter = current_meter.get()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                answer, latency = await self._attempt(body, token_estimate)
-            except CallError as err:
-                err.attempts = attempt
-                if not self._policy.should_retry(err, attempt):
-                    return _failure(request, err, model)
-                await self._wait_before_retry(err, attempt, meter)
-                continue
-            if meter is not None:
-                meter.answer_received(answer.input_tokens, answer.output_tokens, latency)
-            if key is not None:
-                self._store(key, request, model, answer, latency)
-            return MinimaLlmResponse(
-                request_id=request.request_id,
-                text=answer.text,
-                usage=Usage(answer.input_tokens, answer.output_tokens),
-                finish_reason=answer.finish_reason,
-                latency_s=latency,
-                attempts=attempt,
-                model=answer.model or model,
-                raw=answer.raw if include_raw else None,
-            )
-
-    async def _attempt(self, body: bytes, token_estimate: int) -> tuple[ParsedAnswer, float]:
-        meter = current_meter.get()
-        async with self._outstanding.get():
-            # Paced inside the slot: a request that queued for a slot must still ask the pacer
-            # when it gets one, or it would go out blind after the first 429s were learned.
-            await self._pacer.acquire(token_estimate)
-            if meter is not None:
-                meter.attempt_started()
-            started = self._clock()
-            reply: HttpReply | None = None
-            try:
-                reply = await self._transport.post_json(
-                    self._url, body, self.__headers, self.config.timeout_s
-                )
-            finally:
-                if meter is not None:
-                    meter.attempt_ended(answered=reply is not None)
-        latency = self._clock() - started
-        self._pacer.observe(RateLimitInfo.from_headers(reply.headers))
-        status = reply.status
-        if 200 <= status < 300:
-            return parse_answer(reply.body), latency
-        if 300 <= status < 400:
-            raise ClientError(
-                f"server redirected (HTTP {status}); redirects are not followed so the API key only "
-                "goes to base_url's host: set base_url (OPENAI_BASE_URL) to the final address",
-                status=status,
-            )
-        raise classify_status(status, reply.body, reply.headers)
-
-    async def _wait_before_retry(self, err: CallError, attempt: int, meter: Any) -> None:
-        delay = self._policy.delay(err, attempt, self._rng)
-        if meter is not None:
-            meter.retrying += 1
-            meter.last_error = str(err)
         try:
-            if self._policy.is_overload(err):
-                # The shared cooldown makes every worker (this one included) wait in acquire();
-                # sleeping here as well would wait twice for the same signal.
-                self._pacer.overloaded(delay)
-            else:
-                await self._sleep(delay)
-        finally:
-            if meter is not None:
-                meter.retrying -= 1
+            answer, latency, attempts = await self._caller.send(body, token_estimate)
+        except CallError as err:
+            return _failure(request, err, model)
+        if key is not None:
+            self._store(key, request, model, answer, latency)
+        return MinimaLlmResponse(
+            request_id=request.request_id,
+            text=answer.text,
+            usage=Usage(answer.input_tokens, answer.output_tokens),
+            finish_reason=answer.finish_reason,
+            latency_s=latency,
+            attempts=attempts,
+            model=answer.model or model,
+            raw=answer.raw if include_raw else None,
+        )
 
     def _store(self, key: str, request: MinimaLlmRequest, model: str, answer: ParsedAnswer, latency: float) -> None:
         params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}

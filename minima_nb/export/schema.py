@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .cache import COLUMNS
-from .errors import CacheError
+from ..cache import COLUMNS
+from ..errors import CacheError
 
 __all__ = ["PARQUET_SCHEMA", "PARQUET_SCHEMA_VERSION", "REQUIRED_COLUMNS", "VERSION_KEY", "batch_rows",
            "check_parquet"]

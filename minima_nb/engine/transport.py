@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError, ConnectError, RequestTimeout
+from ..errors import ConfigError, ConnectError, RequestTimeout
 from .looplocal import LoopLocal
 
 

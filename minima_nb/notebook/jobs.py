@@ -10,7 +10,6 @@ the caller's index. The progress display is drawn and closed on the caller's thr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import itertools
@@ -20,12 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..engine.progress import make_sink
+from ..errors import BatchAborted
+from ..types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 from . import session
-from .errors import BatchAborted
-from .progress import make_sink
 from .prompts import Messages
-from .runner import run_sync
-from .types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 
 __all__ = ["DETAIL_DTYPES", "Generation", "MISSING_PROMPT", "PARTIAL_NOTE", "REQUEST_PARAMS", "Sweep",
            "collection_paused"]
@@ -173,6 +171,8 @@ def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> l
     sink = _CloseOnCaller(_sink(backend, progress, label))
     status = "error"  # the batch's own closing status wins; this is for when it never closed
     try:
+        from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
+
         batch = backend.run_batched(requests, **_batch_options(force_refresh, sink, False, cached_rows))
         results = run_sync(batch, on_poll=sink.draw)
         status = "done"
@@ -263,6 +263,8 @@ class _Job:
             return self.shape([None] * len(self.slots), details)
         backend = session.get_backend() if backend is None else backend
         # Off the caller's loop: a large lookup reads SQLite for a while.
+        import asyncio  # loaded on first use, like the engine: keeps `import minima_nb` cheap
+
         hits, positions, requests, cached = await asyncio.to_thread(self._prepare, backend, force_refresh,
                                                                      details)
         try:

@@ -5,10 +5,12 @@ runner hands each new snapshot to ``sink.update()``, which only stores it (O(1),
 whoever waits for the batch calls ``sink.draw()`` now and then, and the sink renders the newest
 snapshot at its own pace. ``sink.close(status)`` renders the end state once.
 
-Three sinks: :class:`NullSink` (progress off), :class:`TextSink` (a heartbeat line on a stream,
-for terminals and scripts) and :class:`NotebookSink` (a ``tqdm.auto`` bar, an ipywidgets bar in
-a Jupyter kernel). :func:`make_sink` picks one. tqdm is imported only when a bar is made, and
-IPython never: :func:`running_in_notebook` looks at modules that are already loaded.
+Two sinks live here: :class:`NullSink` (progress off) and :class:`TextSink` (a heartbeat line on
+a stream, for terminals and scripts). The notebook's bar is the notebook layer's
+(``minima_nb.notebook.progress``), which registers it with :func:`register_bar_sink` when it is
+imported (``import minima_nb`` does that), so the engine never imports tqdm or ipywidgets.
+:func:`make_sink` picks one; IPython is never imported: :func:`running_in_notebook` looks at
+modules that are already loaded.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ import math
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO, runtime_checkable
+from typing import Protocol, TextIO, runtime_checkable
 
-from .errors import ConfigError
-from .types import BatchSnapshot
+from ..errors import ConfigError
+from ..types import BatchSnapshot
 
 Clock = Callable[[], float]
 
@@ -30,7 +31,6 @@ Clock = Callable[[], float]
 STATUSES = ("done", "aborted", "interrupted", "error")
 
 _LAST_ERROR_MAX_CHARS = 200
-_TOKEN_RATE_WINDOW_S = 10.0
 
 
 @runtime_checkable
@@ -115,7 +115,7 @@ class NullSink:
         """Nothing to close."""
 
 
-class _SnapshotSink:
+class SnapshotSink:
     """What both visible sinks share: the latest snapshot kept apart from drawing, a one-time close."""
 
     def __init__(self, label: str, clock: Clock) -> None:
@@ -142,7 +142,7 @@ class _SnapshotSink:
         raise NotImplementedError
 
 
-class TextSink(_SnapshotSink):
+class TextSink(SnapshotSink):
     """A heartbeat line every ``heartbeat_s``, a stall warning, and a summary line on close.
 
     Meant for terminals, scripts and logs: each line stands alone (no carriage returns), so it
@@ -242,121 +242,13 @@ class TextSink(_SnapshotSink):
         stream.flush()
 
 
-class _RecentRate:
-    """Units per second over the last ``window_s`` of batch time (e.g. output tokens/s)."""
-
-    def __init__(self, window_s: float = _TOKEN_RATE_WINDOW_S) -> None:
-        self._window_s = window_s
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def add(self, at_s: float, count: int) -> float | None:
-        """Record ``count`` (a running total) at batch time ``at_s``; return the recent rate."""
-        self._samples.append((at_s, count))
-        while len(self._samples) > 2 and at_s - self._samples[1][0] >= self._window_s:
-            self._samples.popleft()
-        first_at, first_count = self._samples[0]
-        if at_s <= first_at:
-            return None
-        return (count - first_count) / (at_s - first_at)
+_bar_sink: Callable[[str], ProgressSink] | None = None
 
 
-class NotebookSink(_SnapshotSink):
-    """A ``tqdm.auto`` bar: an ipywidgets bar in a Jupyter kernel, a text bar elsewhere.
-
-    The bar's ``total`` is the batch size and ``n`` the finished rows; the postfix carries
-    cached, failed, retrying, output tokens/s, requests/min and the eta. On a failed close the
-    bar stays on screen, marked red (``bar_style="danger"`` on the widget).
-    """
-
-    def __init__(
-        self,
-        *,
-        label: str = "minima",
-        min_interval_s: float = 0.2,
-        clock: Clock = time.monotonic,
-        tqdm_cls: Any = None,
-    ) -> None:
-        super().__init__(label, clock)
-        self.min_interval_s = min_interval_s
-        self._tqdm_cls = tqdm_cls
-        self._bar: Any = None
-        self._drawn_version = 0
-        self._drawn_at: float | None = None
-        self._token_rate = _RecentRate()
-
-    @property
-    def bar(self) -> Any:
-        """The tqdm bar, once the first snapshot was drawn (``None`` before)."""
-        return self._bar
-
-    def draw(self) -> None:
-        """Redraw the bar if the snapshot changed and ``min_interval_s`` has passed."""
-        with self._draw_lock:
-            if self._closed:
-                return
-            snapshot, version, _ = self._latest.get()
-            if snapshot is None or version == self._drawn_version:
-                return
-            now = self._clock()
-            if self._drawn_at is not None and now - self._drawn_at < self.min_interval_s:
-                return
-            self._render(snapshot, snapshot.done)
-            self._drawn_version = version
-            self._drawn_at = now
-
-    def _finish(self, snapshot: BatchSnapshot, status: str) -> None:
-        """Draw the final state and close the bar, kept on screen; red unless ``"done"``."""
-        if status == "done":
-            self._render(snapshot, max(snapshot.done, snapshot.total))
-        else:
-            self._render(snapshot, snapshot.done)
-            self._mark_failed(status)
-        # tqdm's notebook bar turns green on close when n reached total, red otherwise.
-        self._bar.close()
-
-    def _render(self, snapshot: BatchSnapshot, n: int) -> None:
-        bar = self._ensure_bar(snapshot)
-        bar.n = n
-        bar.set_postfix_str(self._postfix(snapshot), refresh=False)
-        bar.refresh()
-
-    def _ensure_bar(self, snapshot: BatchSnapshot) -> Any:
-        if self._bar is None:
-            self._bar = self._make_bar(snapshot.total)
-        elif self._bar.total != snapshot.total:
-            self._bar.reset(total=snapshot.total)  # also resizes the widget's range
-        return self._bar
-
-    def _make_bar(self, total: int) -> Any:
-        tqdm_cls = self._tqdm_cls
-        if tqdm_cls is None:
-            from tqdm.auto import tqdm as tqdm_cls  # lazy: only a shown bar pays for tqdm
-        return tqdm_cls(
-            total=total,
-            desc=self.label,
-            unit="row",
-            leave=True,  # the final state must stay on screen, failed or not
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
-        )
-
-    def _postfix(self, snapshot: BatchSnapshot) -> str:
-        tokens_per_s = self._token_rate.add(snapshot.elapsed_s, snapshot.output_tokens)
-        tokens = "? tok/s" if tokens_per_s is None else f"{tokens_per_s:,.0f} tok/s"
-        return (
-            f"cached {snapshot.cached:,}, failed {snapshot.failed:,}, "
-            f"retrying {snapshot.retrying:,}, {tokens}, {snapshot.rpm:,.0f} req/min, "
-            f"eta {format_duration(snapshot.eta_s)}"
-        )
-
-    def _mark_failed(self, status: str) -> None:
-        bar = self._bar
-        bar.set_description_str(f"{self.label} ({status})", refresh=False)
-        bar.colour = "red"
-        if hasattr(bar, "container"):
-            # The ipywidgets bar: mark it as failed before close(), which then keeps it
-            # shown and does not turn it green even when n == total.
-            bar.display(bar_style="danger")
-        bar.refresh()
+def register_bar_sink(factory: Callable[[str], ProgressSink]) -> None:
+    """Make ``factory(label)`` the sink of ``progress="notebook"`` (and of ``True`` in a kernel)."""
+    global _bar_sink
+    _bar_sink = factory
 
 
 def running_in_notebook() -> bool:
@@ -404,7 +296,10 @@ def make_sink(
     if kind == "text":
         return TextSink(label=label, heartbeat_s=heartbeat_s, stall_s=stall_s)
     if kind == "notebook":
-        return NotebookSink(label=label)
+        if _bar_sink is None:
+            raise ConfigError(
+                "progress='notebook' needs the notebook layer: `import minima_nb` loads it.")
+        return _bar_sink(label)
     if kind == "none":
         return NullSink()
     raise ConfigError(f"progress={progress!r}: choose 'text', 'notebook' or 'none'.")

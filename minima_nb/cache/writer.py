@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import CacheError
+from ..errors import CacheError
 
 BUSY_TIMEOUT_S = 30.0  # SQLite's own wait for a lock, per statement
 LOCK_RETRY_S = 120.0  # our retries on top of it, in total, before giving up

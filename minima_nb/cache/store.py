@@ -9,9 +9,8 @@ params as JSON), the answer and its usage, so the file can be inspected with any
 and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
 
-Keys live in ``cachekey.py``, the file's schema and opening in ``cachefile.py`` and the writer
-thread in ``cachewriter.py``; this module re-exports their public names so that
-``from minima_nb.cache import cache_key, COLUMNS`` keeps working.
+Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file` and the writer thread
+in :mod:`.writer`; the package (``minima_nb.cache``) gathers the names the rest of minima_nb uses.
 """
 
 from __future__ import annotations
@@ -32,30 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cachefile import (
-    CACHE_FILENAME,
-    COLUMNS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    open_file,
-    prepare_directory,
-)
-from .cachekey import (
-    KeyTracer,
-    cache_key,
-    canonical_json,
-    key_function,
-    normalise_numbers,
+from ..errors import CacheError
+from .file import CACHE_FILENAME, COLUMNS, open_file, prepare_directory
+from .key import (
     string_messages_json,
 )
-from .cachewriter import BUSY_TIMEOUT_S, LOCK_RETRY_S, BatchWriter, connect
-from .errors import CacheError
+from .writer import BatchWriter, connect
 
-__all__ = [
-    "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "CacheRow", "CachedAnswer", "FIRST_ROWID",
-    "KeyTracer", "LOCK_RETRY_S", "MIGRATIONS", "PromptCache", "READ_CHUNK", "SCHEMA_VERSION",
-    "cache_key", "canonical_json", "key_function", "normalise_numbers", "page_rows", "page_sql",
-]
+__all__ = ["CacheRow", "CachedAnswer", "FIRST_ROWID", "PromptCache", "READ_CHUNK", "page_rows", "page_sql"]
 
 READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
 _log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import pandas as pd
 
 import minima_nb
 from minima_nb.config import setting_from_env
+from minima_nb.notebook import session
 from minima_nb.testing import MockServer
 
 QUESTIONS = (
@@ -36,7 +37,7 @@ def build_frame(rows: int) -> pd.DataFrame:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minima_nb.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m minima_nb.cli.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400, help="prompts in the DataFrame (default 400)")
     parser.add_argument("--latency-ms", type=float, default=250.0,
                         help="mock server latency per answer (default 250, like a real API)")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pass 2: {t_second:6.2f}s  {len(df)} rows, {sent_second} requests sent, "
         f"{int(second['cached'].sum())} cached  ({t_first / max(t_second, 1e-9):,.0f}x faster)\n"
     )
-    minima_nb.session.reset()
+    session.reset()
     return 0 if second["text"].equals(first["text"]) and sent_second == 0 else 1
 
 

@@ -1,0 +1,137 @@
+"""The notebook's progress bar: a ``tqdm.auto`` bar (an ipywidgets bar in a Jupyter kernel).
+
+:class:`NotebookSink` draws a running batch's snapshots; importing this module registers it as
+the sink the engine uses for ``progress=True`` in a kernel and ``progress="notebook"``. tqdm is
+imported only when a bar is first drawn.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from ..engine.progress import Clock, SnapshotSink, format_duration, register_bar_sink
+from ..types import BatchSnapshot
+
+_TOKEN_RATE_WINDOW_S = 10.0
+
+
+class _RecentRate:
+    """Units per second over the last ``window_s`` of batch time (e.g. output tokens/s)."""
+
+    def __init__(self, window_s: float = _TOKEN_RATE_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at_s: float, count: int) -> float | None:
+        """Record ``count`` (a running total) at batch time ``at_s``; return the recent rate."""
+        self._samples.append((at_s, count))
+        while len(self._samples) > 2 and at_s - self._samples[1][0] >= self._window_s:
+            self._samples.popleft()
+        first_at, first_count = self._samples[0]
+        if at_s <= first_at:
+            return None
+        return (count - first_count) / (at_s - first_at)
+
+
+class NotebookSink(SnapshotSink):
+    """A ``tqdm.auto`` bar: an ipywidgets bar in a Jupyter kernel, a text bar elsewhere.
+
+    The bar's ``total`` is the batch size and ``n`` the finished rows; the postfix carries
+    cached, failed, retrying, output tokens/s, requests/min and the eta. On a failed close the
+    bar stays on screen, marked red (``bar_style="danger"`` on the widget).
+    """
+
+    def __init__(
+        self,
+        *,
+        label: str = "minima",
+        min_interval_s: float = 0.2,
+        clock: Clock = time.monotonic,
+        tqdm_cls: Any = None,
+    ) -> None:
+        super().__init__(label, clock)
+        self.min_interval_s = min_interval_s
+        self._tqdm_cls = tqdm_cls
+        self._bar: Any = None
+        self._drawn_version = 0
+        self._drawn_at: float | None = None
+        self._token_rate = _RecentRate()
+
+    @property
+    def bar(self) -> Any:
+        """The tqdm bar, once the first snapshot was drawn (``None`` before)."""
+        return self._bar
+
+    def draw(self) -> None:
+        """Redraw the bar if the snapshot changed and ``min_interval_s`` has passed."""
+        with self._draw_lock:
+            if self._closed:
+                return
+            snapshot, version, _ = self._latest.get()
+            if snapshot is None or version == self._drawn_version:
+                return
+            now = self._clock()
+            if self._drawn_at is not None and now - self._drawn_at < self.min_interval_s:
+                return
+            self._render(snapshot, snapshot.done)
+            self._drawn_version = version
+            self._drawn_at = now
+
+    def _finish(self, snapshot: BatchSnapshot, status: str) -> None:
+        """Draw the final state and close the bar, kept on screen; red unless ``"done"``."""
+        if status == "done":
+            self._render(snapshot, max(snapshot.done, snapshot.total))
+        else:
+            self._render(snapshot, snapshot.done)
+            self._mark_failed(status)
+        # tqdm's notebook bar turns green on close when n reached total, red otherwise.
+        self._bar.close()
+
+    def _render(self, snapshot: BatchSnapshot, n: int) -> None:
+        bar = self._ensure_bar(snapshot)
+        bar.n = n
+        bar.set_postfix_str(self._postfix(snapshot), refresh=False)
+        bar.refresh()
+
+    def _ensure_bar(self, snapshot: BatchSnapshot) -> Any:
+        if self._bar is None:
+            self._bar = self._make_bar(snapshot.total)
+        elif self._bar.total != snapshot.total:
+            self._bar.reset(total=snapshot.total)  # also resizes the widget's range
+        return self._bar
+
+    def _make_bar(self, total: int) -> Any:
+        tqdm_cls = self._tqdm_cls
+        if tqdm_cls is None:
+            from tqdm.auto import tqdm as tqdm_cls  # lazy: only a shown bar pays for tqdm
+        return tqdm_cls(
+            total=total,
+            desc=self.label,
+            unit="row",
+            leave=True,  # the final state must stay on screen, failed or not
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+        )
+
+    def _postfix(self, snapshot: BatchSnapshot) -> str:
+        tokens_per_s = self._token_rate.add(snapshot.elapsed_s, snapshot.output_tokens)
+        tokens = "? tok/s" if tokens_per_s is None else f"{tokens_per_s:,.0f} tok/s"
+        return (
+            f"cached {snapshot.cached:,}, failed {snapshot.failed:,}, "
+            f"retrying {snapshot.retrying:,}, {tokens}, {snapshot.rpm:,.0f} req/min, "
+            f"eta {format_duration(snapshot.eta_s)}"
+        )
+
+    def _mark_failed(self, status: str) -> None:
+        bar = self._bar
+        bar.set_description_str(f"{self.label} ({status})", refresh=False)
+        bar.colour = "red"
+        if hasattr(bar, "container"):
+            # The ipywidgets bar: mark it as failed before close(), which then keeps it
+            # shown and does not turn it green even when n == total.
+            bar.display(bar_style="danger")
+        bar.refresh()
+
+
+register_bar_sink(lambda label: NotebookSink(label=label))

@@ -1,0 +1,1 @@
+"""HTTP servers minima_nb ships (internal; public faces: ``minima_nb.testing``)."""
