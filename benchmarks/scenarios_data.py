@@ -150,7 +150,7 @@ def scenario_export(workdir: Path, rounds: int, sizes: tuple[int, int], log: Any
     flat = (peaks[large] / peaks[small]) if peaks.get(small) and peaks.get(large) else None
     notes = [f"Peak memory at {large:,} rows ÷ at {small:,} rows: {ratio(flat) if flat else 'n/a'} "
              "(1.0× is flat: memory does not grow with the cache).",
-             "Pages are read straight into Arrow by the ADBC SQLite driver (minima_nb/arrowpages.py); "
+             "Pages are read straight into Arrow by the ADBC SQLite driver (minima_nb/export/pages.py); "
              "the last row is the same export with the driver made unavailable, the path taken "
              "when it fails. Pinned to one core, so the Parquet writer thread shares it.",
              *[f"failed: {r['error'][:300]}" for results in (*runs.values(), without_driver)

@@ -59,7 +59,7 @@ class CallError(MinimaError):
         return self.message
 
 
-def _rebuild(cls: type, message: str, state: dict[str, Any]) -> CallError:
+def _rebuild(cls: type[CallError], message: str, state: dict[str, Any]) -> CallError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
     err.__dict__.update(state)
@@ -131,6 +131,10 @@ class BatchAborted(MinimaError):
     ``results`` holds one slot per input: a response or failure where the row finished,
     ``None`` where it never ran. Everything answered is already in the cache.
     """
+
+    # Set only by the notebook layer (``df.minima.generate``): the details DataFrame of what
+    # finished. Declared, not defaulted: an error raised elsewhere has no such attribute.
+    partial: Any
 
     def __init__(self, message: str, results: list[Any] | None = None) -> None:
         super().__init__(message)

@@ -268,7 +268,13 @@ class PromptCache:
         """The cached answer texts among ``keys``: :meth:`get_many_rows` reading the text alone."""
         return self._read_many(keys, "key, text", None, count_misses)
 
-    def _read_many(self, keys, columns, pairs_of, count_misses) -> dict[str, Any]:
+    def _read_many(
+        self,
+        keys: Iterable[str],
+        columns: str,
+        pairs_of: Callable[[list[tuple[Any, ...]]], Iterable[tuple[str, tuple[Any, ...]]]] | None,
+        count_misses: bool,
+    ) -> dict[str, Any]:
         """``{key: row}`` (``pairs_of`` given) or ``{key: text}`` for the stored ``keys``.
 
         Queued rows are answered from memory; the rest are read ``IN (...)`` 500 keys at a time.

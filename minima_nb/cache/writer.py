@@ -15,6 +15,7 @@ import logging
 import queue
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ _Values = tuple[Any, ...]  # one row's column values, in the statement's paramet
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     """Whether ``exc`` means another connection holds the lock (as opposed to a real failure)."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if code is not None:
+    if code is not None and sys.version_info >= (3, 11):  # the error-code constants are 3.11+ too
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     message = str(exc).lower()
     return "locked" in message or "busy" in message

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         df = build_frame(args.rows)
         out = sys.stdout
         out.write(f"minima_nb {minima_nb.__version__} demo: {len(df)} prompts -> mock server at {server.base_url}\n")
-        out.write(f"cache: {backend.cache.path}\n\n")
+        cache = backend.cache
+        if cache is None:  # cache_dir is always set above, so configure() made a cache
+            raise RuntimeError("the demo backend has no prompt cache")
+        out.write(f"cache: {cache.path}\n\n")
         out.write("pass 1 (answers from the server):\n")
         out.flush()
         first, t_first = _timed_generate(df)

@@ -78,8 +78,9 @@ class OpenAIMinimaLlm:
         model = request.model or self.config.model
         refresh = force_refresh or self.config.force_refresh
         key = self._key(request, model)
-        if key is not None and not refresh:
-            hit = self._cache.get(key)
+        cache = self._cache  # not None whenever key is not None: keys are made for a cache only
+        if key is not None and cache is not None and not refresh:
+            hit = cache.get(key)
             if hit is not None:
                 return self._from_cache(request, hit, key, include_raw)
         return await self._call(request, model, key, refresh, include_raw)
@@ -140,11 +141,18 @@ class OpenAIMinimaLlm:
         first_of: dict[str, int] = {}
         for i, k in enumerate(keys):
             first_of.setdefault(k, i)
-        hits = await self._bulk_lookup(list(first_of)) if self._cache is not None and not refresh else {}
-        by_key: dict[str, Any] = {
-            k: self._cached_response(requests[i].request_id, *hits[k][:6], k, include_raw)
-            for k, i in first_of.items() if k in hits
-        }
+        cache = self._cache
+        hits: dict[str, tuple[Any, ...]] = {}
+        if cache is not None and not refresh:
+            hits = await self._bulk_lookup(cache, list(first_of))
+        by_key: dict[str, Any] = {}
+        for k, i in first_of.items():
+            if k in hits:
+                text, input_tokens, output_tokens, finish_reason, latency_s, model = hits[k][:6]
+                by_key[k] = self._cached_response(
+                    requests[i].request_id, text, input_tokens, output_tokens, finish_reason,
+                    latency_s, model, k, include_raw,
+                )
         todo = [i for k, i in first_of.items() if k not in hits]
 
         async def answer(index: int) -> MinimaLlmResult:
@@ -229,11 +237,11 @@ class OpenAIMinimaLlm:
             keys.append(self._traced(key, canonical) if cached else key)
         return keys
 
-    async def _bulk_lookup(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+    async def _bulk_lookup(self, cache: PromptCache, keys: list[str]) -> dict[str, tuple[Any, ...]]:
         # Large lookups leave the loop thread; small ones are cheaper than a thread hop.
         if len(keys) <= 64:
-            return self._cache.get_many_rows(keys)
-        return await asyncio.to_thread(self._cache.get_many_rows, keys)
+            return cache.get_many_rows(keys)
+        return await asyncio.to_thread(cache.get_many_rows, keys)
 
     def _from_cache(
         self, request: MinimaLlmRequest, hit: CachedAnswer, key: str, include_raw: bool
@@ -248,7 +256,8 @@ class OpenAIMinimaLlm:
         finish_reason: str | None, latency_s: float | None, model: str | None, key: str,
         include_raw: bool,
     ) -> MinimaLlmResponse:
-        raw = self._cache.get_raw(key) if include_raw else None
+        # Only cache hits get here, so the cache is there; the check is for the type checker.
+        raw = self._cache.get_raw(key) if include_raw and self._cache is not None else None
         return MinimaLlmResponse(
             request_id=request_id,
             text=text,
@@ -280,8 +289,9 @@ class OpenAIMinimaLlm:
             answer, latency, attempts = await self._caller.send(body, token_estimate)
         except CallError as err:
             return _failure(request, err, model)
-        if key is not None:
-            self._store(key, request, model, answer, latency)
+        cache = self._cache  # not None whenever key is not None: keys are made for a cache only
+        if key is not None and cache is not None:
+            self._store(cache, key, request, model, answer, latency)
         return MinimaLlmResponse(
             request_id=request.request_id,
             text=answer.text,
@@ -293,9 +303,12 @@ class OpenAIMinimaLlm:
             raw=answer.raw if include_raw else None,
         )
 
-    def _store(self, key: str, request: MinimaLlmRequest, model: str, answer: ParsedAnswer, latency: float) -> None:
+    def _store(
+        self, cache: PromptCache, key: str, request: MinimaLlmRequest, model: str,
+        answer: ParsedAnswer, latency: float,
+    ) -> None:
         params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
-        self._cache.put_fields(
+        cache.put_fields(
             key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
             answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,

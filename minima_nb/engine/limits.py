@@ -119,11 +119,20 @@ class RateLimitInfo:
             lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
         except Exception:  # an odd mapping type must not break a successful answer
             return None
-        values = {}
+        counts: dict[str, int | None] = {}
+        resets: dict[str, float | None] = {}
         for kind in ("requests", "tokens"):
-            values[f"limit_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-limit-{kind}"))
-            values[f"remaining_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-remaining-{kind}"))
-            values[f"reset_{kind}_s"] = parse_duration(lowered.get(f"x-ratelimit-reset-{kind}"), now_epoch)
-        if all(v is None for v in values.values()):
+            counts[f"limit_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-limit-{kind}"))
+            counts[f"remaining_{kind}"] = _parse_count(lowered.get(f"x-ratelimit-remaining-{kind}"))
+            reset = lowered.get(f"x-ratelimit-reset-{kind}")
+            resets[f"reset_{kind}_s"] = parse_duration(reset, now_epoch)
+        if all(v is None for v in (*counts.values(), *resets.values())):
             return None
-        return cls(**values)
+        return cls(
+            limit_requests=counts["limit_requests"],
+            remaining_requests=counts["remaining_requests"],
+            reset_requests_s=resets["reset_requests_s"],
+            limit_tokens=counts["limit_tokens"],
+            remaining_tokens=counts["remaining_tokens"],
+            reset_tokens_s=resets["reset_tokens_s"],
+        )

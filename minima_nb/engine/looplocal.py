@@ -14,7 +14,7 @@ loop, and ``asyncio.run`` (like any orderly shutdown) finalizes live async gener
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ class LoopLocal(Generic[T]):
         self,
         factory: Callable[[], T],
         dispose: Callable[[T], None] | None = None,
-        aclose: Callable[[T], Awaitable[Any]] | None = None,
+        aclose: Callable[[T], Coroutine[Any, Any, Any]] | None = None,
     ) -> None:
         self._factory = factory
         self._dispose = dispose
@@ -107,13 +107,17 @@ class LoopLocal(Generic[T]):
 _CLOSING: set[asyncio.Task[Any]] = set()  # strong references until each close has finished
 
 
-def _start_close(loop: asyncio.AbstractEventLoop, aclose: Callable[[Any], Awaitable[Any]], item: Any) -> None:
+def _start_close(
+    loop: asyncio.AbstractEventLoop, aclose: Callable[[Any], Coroutine[Any, Any, Any]], item: Any
+) -> None:
     task = loop.create_task(aclose(item))
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
 
 
-async def _close_at_shutdown(aclose: Callable[[Any], Awaitable[Any]], item: Any) -> AsyncIterator[None]:
+async def _close_at_shutdown(
+    aclose: Callable[[Any], Coroutine[Any, Any, Any]], item: Any
+) -> AsyncIterator[None]:
     try:
         yield
     finally:

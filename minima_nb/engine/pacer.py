@@ -70,8 +70,9 @@ class _Window:
     observed_at: float
     used: int = 0  # requests (or tokens) we started since, before reset_at
 
-    def active(self, now: float) -> bool:
-        return self.reset_at is not None and now < self.reset_at
+    def active_reset(self, now: float) -> float | None:
+        """``reset_at`` while this report still applies (``now`` before it), else ``None``."""
+        return self.reset_at if self.reset_at is not None and now < self.reset_at else None
 
     def budget(self) -> int:
         return self.remaining - self.used
@@ -166,20 +167,22 @@ class RatePacer:
     def _request_gate(self, now: float) -> float:
         """Earliest start the remaining-requests report allows."""
         window = self._requests
-        if window is None or not window.active(now):
+        reset_at = window.active_reset(now) if window is not None else None
+        if window is None or reset_at is None:
             return now
         if window.budget() <= 0:
-            return window.reset_at
+            return reset_at
         if self._is_low(window):
-            return min(self._last_start + _spacing(window), window.reset_at)
+            return min(self._last_start + _spacing(window, reset_at), reset_at)
         return now
 
     def _token_gate(self, now: float, tokens: int) -> float:
         """Earliest start the remaining-tokens report allows for a request of ``tokens``."""
         window = self._tokens
-        if window is None or not window.active(now):
+        reset_at = window.active_reset(now) if window is not None else None
+        if window is None or reset_at is None:
             return now
-        return window.reset_at if window.budget() < max(tokens, 1) else now
+        return reset_at if window.budget() < max(tokens, 1) else now
 
     def _is_low(self, window: _Window) -> bool:
         return window.remaining <= max(_LOW_ABSOLUTE, _LOW_FRACTION * (self._server_rpm or 0))
@@ -217,8 +220,10 @@ class RatePacer:
         if info.remaining_tokens is not None:
             self._tokens = _window(info.remaining_tokens, info.reset_tokens_s, now)
         for window in (self._requests, self._tokens):
-            if window is not None and window.remaining <= 0 and window.active(now):
-                self._pause(window.reset_at, now)
+            if window is not None and window.remaining <= 0:
+                reset_at = window.active_reset(now)
+                if reset_at is not None:
+                    self._pause(reset_at, now)
 
     def overloaded(self, delay_s: float) -> float:
         """Record a 429/503; pause every start until at least ``now + delay_s``; return the end time.
@@ -287,8 +292,9 @@ class RatePacer:
         """The current pacing rate in requests per minute; ``None`` means unlimited."""
         rate = self._rate() or math.inf
         window = self._requests
-        if window is not None and window.active(self._clock()) and self._is_low(window):
-            spacing = _spacing(window)
+        reset_at = window.active_reset(self._clock()) if window is not None else None
+        if window is not None and reset_at is not None and self._is_low(window):
+            spacing = _spacing(window, reset_at)
             rate = min(rate, 60.0 / spacing) if spacing > 0 else rate
         return None if math.isinf(rate) else rate
 
@@ -300,12 +306,13 @@ class RatePacer:
         details = [f"configured {self._rpm}" if self._rpm else "configured unlimited"]
         if self._server_rpm:
             details.append(f"server limit {self._server_rpm}")
-        if self._requests is not None and self._requests.active(now):
-            details.append(_window_text(self._requests, now))
+        requests, tokens = self._requests, self._tokens
+        if requests is not None and (reset_at := requests.active_reset(now)) is not None:
+            details.append(_window_text(requests, reset_at, now))
         if self._server_tpm:
             details.append(f"token limit {self._server_tpm}/min")
-        if self._tokens is not None and self._tokens.active(now):
-            details.append(_window_text(self._tokens, now, "tokens "))
+        if tokens is not None and (reset_at := tokens.active_reset(now)) is not None:
+            details.append(_window_text(tokens, reset_at, now, "tokens "))
         pause = self.cooldown_remaining()
         if pause > 0:
             details.append(f"paused {pause:.1f}s")
@@ -316,9 +323,9 @@ def _window(remaining: int, reset_s: float | None, now: float) -> _Window:
     return _Window(remaining=remaining, reset_at=None if reset_s is None else now + reset_s, observed_at=now)
 
 
-def _spacing(window: _Window) -> float:
-    """Even spacing that spreads what remains over the time to the reset."""
-    return (window.reset_at - window.observed_at) / max(window.remaining, 1)
+def _spacing(window: _Window, reset_at: float) -> float:
+    """Even spacing that spreads what remains over the time to the reset (``reset_at``)."""
+    return (reset_at - window.observed_at) / max(window.remaining, 1)
 
 
 def _stretched(start: float, anchor: float, factor: float) -> float:
@@ -330,5 +337,5 @@ def _charge(window: _Window | None, start: float, amount: int) -> None:
         window.used += amount
 
 
-def _window_text(window: _Window, now: float, what: str = "") -> str:
-    return f"{window.budget()} {what}remaining, resets in {window.reset_at - now:.1f}s"
+def _window_text(window: _Window, reset_at: float, now: float, what: str = "") -> str:
+    return f"{window.budget()} {what}remaining, resets in {reset_at - now:.1f}s"

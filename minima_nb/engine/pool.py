@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..config import BatchConfig
 from ..errors import BatchAborted
@@ -46,10 +46,19 @@ def default_fatal(result: Any) -> str | None:
     return None
 
 
-class _Pool:
+class _Pool(Generic[T, R]):
     """State of one running batch; lives only for the duration of one call."""
 
-    def __init__(self, items, async_fn, *, max_failures, weights, fatal, meter) -> None:
+    def __init__(
+        self,
+        items: Sequence[T],
+        async_fn: Callable[[T], Awaitable[R]],
+        *,
+        max_failures: int,
+        weights: Sequence[int] | None,
+        fatal: Callable[[Any], str | None] | None,
+        meter: BatchMeter,
+    ) -> None:
         self.items = items
         self.async_fn = async_fn
         self.max_failures = max_failures
@@ -138,8 +147,9 @@ async def run_batched_callable(
         if tasks:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
         status = "aborted" if pool.abort_reason else "done"
     except asyncio.CancelledError:
         status = "interrupted"
@@ -163,7 +173,7 @@ async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool) -> None:
         await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
-async def _cancel_all(tasks: list[asyncio.Future]) -> None:
+async def _cancel_all(tasks: list[asyncio.Future[Any]]) -> None:
     """Cancel and await every task, so none is left running whatever happened."""
     for task in tasks:
         task.cancel()

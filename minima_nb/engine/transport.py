@@ -129,7 +129,15 @@ class AiohttpTransport(Transport):
             timeout = self._timeouts[timeout_s] = self._aiohttp.ClientTimeout(total=timeout_s)
         return timeout
 
-    async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
+    async def request(  # noqa: D102
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> HttpReply:
         aiohttp = self._aiohttp
         session = await self._sessions.aget()
         # The translated error is raised after the except block: raising inside it would keep
@@ -203,7 +211,15 @@ class HttpxTransport(Transport):
         )
         weakref.finalize(self, LoopLocal.release_all, self._clients)
 
-    async def request(self, method, url, *, body=None, headers, timeout_s):  # noqa: D102
+    async def request(  # noqa: D102
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> HttpReply:
         httpx = self._httpx
         client = self._user_client or await self._clients.aget()
         try:

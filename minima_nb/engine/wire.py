@@ -97,14 +97,16 @@ def parse_answer(body: bytes) -> ParsedAnswer:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ResponseError(f"server answered 2xx without choices: {_preview(body)}")
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    raw_message = choice.get("message")
+    message: dict[str, Any] = raw_message if isinstance(raw_message, dict) else {}
     text = _content_text(message.get("content"))
     finish_reason = choice.get("finish_reason")
     if text is None:
         raise ResponseError(
             f"server answered 2xx with null content (finish_reason={finish_reason!r}); not cached"
         )
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    raw_usage = data.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     return ParsedAnswer(
         text=text,
         finish_reason=finish_reason,
@@ -130,7 +132,9 @@ def _content_text(content: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts: list[str] = [
+            text for p in content if isinstance(p, dict) and isinstance(text := p.get("text"), str)
+        ]
         return "".join(parts) if parts else None
     return None
 

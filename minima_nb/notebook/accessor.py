@@ -36,7 +36,12 @@ def _warn(message: str | None) -> None:
 # -- the accessors ----------------------------------------------------------------------------
 
 
-def _call_params(model, temperature, max_tokens, extra) -> dict[str, Any]:
+def _call_params(
+    model: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     return {"model": model, "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
 
 
@@ -51,7 +56,9 @@ class MinimaFrameAccessor:
     def __init__(self, pandas_obj: pd.DataFrame) -> None:
         self._obj = pandas_obj
 
-    def _generation(self, prompt, system, name, params) -> Generation:
+    def _generation(
+        self, prompt: str, system: str | None, name: Hashable | None, params: dict[str, Any]
+    ) -> Generation:
         with collection_paused():
             slots, default_name = frame_slots(self._obj, prompt, system)
         return Generation(slots, self._obj.index, default_name if name is None else name, params)

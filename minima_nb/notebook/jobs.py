@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,9 @@ def _text(result: Any) -> str | None:
     return result.text if isinstance(result, MinimaLlmResponse) else None
 
 
-def _details_frame(results: Sequence[Any], slots: Sequence[Messages | None], index: pd.Index):
+def _details_frame(
+    results: Sequence[Any], slots: Sequence[Messages | None], index: pd.Index
+) -> pd.DataFrame:
     rows = [_detail_row(r, m is None) for r, m in zip(results, slots, strict=True)]
     data = {name: pd.array([row.get(name) for row in rows], dtype=dtype)
             for name, dtype in DETAIL_DTYPES.items()}
@@ -99,7 +101,7 @@ def _plain(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def collection_paused():
+def collection_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a step that makes a few objects per row.
 
     Those objects (a row's messages, its cached answer) live until the call returns, so with
@@ -166,7 +168,15 @@ def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_ro
     return options
 
 
-def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
+def _run(
+    backend: Any,
+    requests: Sequence[MinimaLlmRequest],
+    *,
+    progress: Any,
+    force_refresh: bool,
+    label: str,
+    cached_rows: int,
+) -> list[Any]:
     """Run one batch from sync code (a script or a kernel cell), drawing on this thread."""
     sink = _CloseOnCaller(_sink(backend, progress, label))
     status = "error"  # the batch's own closing status wins; this is for when it never closed
@@ -187,7 +197,15 @@ def _run(backend, requests, *, progress, force_refresh, label, cached_rows) -> l
         sink.finish(status)
 
 
-async def _arun(backend, requests, *, progress, force_refresh, label, cached_rows) -> list[Any]:
+async def _arun(
+    backend: Any,
+    requests: Sequence[MinimaLlmRequest],
+    *,
+    progress: Any,
+    force_refresh: bool,
+    label: str,
+    cached_rows: int,
+) -> list[Any]:
     sink = _sink(backend, progress, label)
     return await backend.run_batched(requests, **_batch_options(force_refresh, sink, True, cached_rows))
 
@@ -210,7 +228,9 @@ class _Job:
 
     label = "minima"
 
-    def __init__(self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]):
+    def __init__(
+        self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
+    ) -> None:
         self.slots = slots
         self.params_of = params_of
 
@@ -223,10 +243,19 @@ class _Job:
         return [None] * len(self.slots)
 
     def _requests(self, positions: Sequence[int]) -> list[MinimaLlmRequest]:
-        return [MinimaLlmRequest(request_id=f"row-{p}", messages=self.slots[p], **self.params_of(p))
-                for p in positions]
+        """A request per position; ``positions`` name only slots with messages (``_prepare``)."""
+        requests = []
+        for p in positions:
+            messages = self.slots[p]
+            if messages is None:
+                raise ValueError(f"slot {p} has no prompt to send")
+            requests.append(MinimaLlmRequest(request_id=f"row-{p}", messages=messages,
+                                             **self.params_of(p)))
+        return requests
 
-    def _prepare(self, backend: Any, force_refresh: bool, details: bool):
+    def _prepare(
+        self, backend: Any, force_refresh: bool, details: bool
+    ) -> tuple[list[Any], list[int], list[MinimaLlmRequest], int]:
         """(per slot its cached row or None, positions to send, their requests, cached count)."""
         with collection_paused():
             hits = self.lookup(backend, force_refresh, text_only=not details)
@@ -234,7 +263,9 @@ class _Job:
                          if messages is not None and hit is None]
             return hits, positions, self._requests(positions), len(hits) - hits.count(None)
 
-    def _shape(self, answers: list[Any], positions: list[int], hits: list[Any], details: bool):
+    def _shape(
+        self, answers: list[Any], positions: list[int], hits: list[Any], details: bool
+    ) -> tuple[Any, str | None]:
         with collection_paused():
             return self.shape(_spread(answers, positions, hits), details)
 
@@ -245,7 +276,9 @@ class _Job:
             hits = [hit if row is None else row for hit, row in zip(hits, rows, strict=True)]
         _note_partial(exc, self.shape(_spread(exc.results, positions, hits), True)[0])
 
-    def run(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+    def run(
+        self, backend: Any, *, details: bool, progress: Any, force_refresh: bool
+    ) -> tuple[Any, str | None]:
         if all(messages is None for messages in self.slots):  # no backend, no network, no bar
             return self.shape([None] * len(self.slots), details)
         backend = session.get_backend() if backend is None else backend
@@ -258,7 +291,9 @@ class _Job:
             raise
         return self._shape(answers, positions, hits, details)
 
-    async def arun(self, backend: Any, *, details: bool, progress: Any, force_refresh: bool):
+    async def arun(
+        self, backend: Any, *, details: bool, progress: Any, force_refresh: bool
+    ) -> tuple[Any, str | None]:
         if all(messages is None for messages in self.slots):
             return self.shape([None] * len(self.slots), details)
         backend = session.get_backend() if backend is None else backend
@@ -279,7 +314,13 @@ class _Job:
 class Generation(_Job):
     """``generate``: one slot per row, the same parameters for every request."""
 
-    def __init__(self, slots, index: pd.Index, name: Hashable | None, params: dict[str, Any]):
+    def __init__(
+        self,
+        slots: list[Messages | None],
+        index: pd.Index,
+        name: Hashable | None,
+        params: dict[str, Any],
+    ) -> None:
         extra = params.get("extra")
         if extra is not None and not isinstance(extra, Mapping):
             raise TypeError(f"extra must be a dict of OpenAI parameters, not {type(extra).__name__}")
@@ -287,7 +328,7 @@ class Generation(_Job):
         super().__init__(slots, lambda _: params)
         self.index, self.name = index, name
 
-    def lookup(self, backend, force_refresh, text_only):
+    def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
         # Every row shares its request fields, so the backend can find the cached ones in bulk
         # (a key per row and batched reads, no object per row): a cached re-run never builds
         # a request or a response.
@@ -296,7 +337,7 @@ class Generation(_Job):
             return super().lookup(backend, force_refresh, text_only)
         return bulk_lookup(self.slots, text_only=text_only, **self.params)
 
-    def shape(self, results, details):
+    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
         if details:
             return _details_frame(results, self.slots, self.index), None
         # Only the text is wanted: skip building the eight other columns (a cached re-run of a
@@ -326,7 +367,13 @@ class Sweep(_Job):
 
     label = "minima sweep"
 
-    def __init__(self, frame: pd.DataFrame, row_slots, grid: dict[str, Any], model: str | None):
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        row_slots: Sequence[Messages | None],
+        grid: dict[str, Any],
+        model: str | None,
+    ) -> None:
         clash = sorted(set(grid) & ({"row", *DETAIL_DTYPES} - {"model"}))
         if clash:
             raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
@@ -341,7 +388,7 @@ class Sweep(_Job):
     def _combo(self, position: int) -> dict[str, Any]:
         return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))
 
-    def shape(self, results, details):
+    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
         combos = [self._combo(p) for p in range(len(self.slots))]
         columns: dict[str, Any] = {"row": self.rows}
         columns["model"] = [c.get("model") or self.configured_model for c in combos]

@@ -105,7 +105,9 @@ class NotebookSink(SnapshotSink):
     def _make_bar(self, total: int) -> Any:
         tqdm_cls = self._tqdm_cls
         if tqdm_cls is None:
-            from tqdm.auto import tqdm as tqdm_cls  # lazy: only a shown bar pays for tqdm
+            from tqdm.auto import tqdm  # lazy: only a shown bar pays for tqdm
+
+            tqdm_cls = tqdm
         return tqdm_cls(
             total=total,
             desc=self.label,

@@ -47,7 +47,9 @@ def _checked_messages(value: Any, where: str, system: str | None) -> Messages:
     return messages
 
 
-def column_slots(values: Sequence[Any], index: pd.Index, column: Hashable, system: str | None):
+def column_slots(
+    values: Sequence[Any], index: pd.Index, column: Hashable, system: str | None
+) -> list[Messages | None]:
     """Messages per row from a column of strings or message lists."""
     slots: list[Messages | None] = []
     append = slots.append
@@ -81,7 +83,7 @@ def _template_fields(template: str) -> list[str]:
     for _, field, _, _ in parsed:
         if field is None:
             continue
-        root = re.match(r"[^.\[]*", field).group()
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]  # the name before any .attr or [key]
         if not root or root.isdigit():
             raise ValueError(f"prompt template {template!r} has a positional field {{{field}}}; "
                              "put a column name inside the braces, e.g. {question}")
@@ -97,7 +99,9 @@ def _single_column(frame: pd.DataFrame, label: Hashable) -> pd.Series:
     return column
 
 
-def _template_slots(frame: pd.DataFrame, template: str, fields: list[str], system: str | None):
+def _template_slots(
+    frame: pd.DataFrame, template: str, fields: list[str], system: str | None
+) -> list[Messages | None]:
     """Messages per row from a template; a row whose field is missing gets no prompt."""
     unknown = [f for f in fields if f not in frame.columns]
     if unknown:
@@ -128,7 +132,9 @@ def check_system(system: Any) -> str | None:
     return system
 
 
-def frame_slots(frame: pd.DataFrame, prompt: Any, system: str | None):
+def frame_slots(
+    frame: pd.DataFrame, prompt: Any, system: str | None
+) -> tuple[list[Messages | None], Hashable | None]:
     """(messages per row, the result's default name) for a column name or a template."""
     system = check_system(system)
     try:

@@ -252,6 +252,7 @@ class MockServer:
             self._requests_total += 1
             self._by_prompt[prompt] += 1
             self._last_headers, self._last_json = request.headers, body or {}
+        response: web.StreamResponse
         if self._max_body_bytes is not None and len(raw) > self._max_body_bytes:
             response, status = error_response(413, {}), 413
         elif self._redirect is not None:
@@ -318,7 +319,8 @@ class MockServer:
                 choices: bool = True) -> web.Response:
         """A chat.completion; ``content=None`` sends a null content, ``choices=False`` none."""
         model = str(body.get("model") or MOCK_MODELS[0])
-        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        raw_messages = body.get("messages")
+        messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
         text = mock_answer(messages, model)
         if body.get("seed") is not None:
             text += f" (t={body.get('temperature')}, seed={body['seed']})"
@@ -368,7 +370,10 @@ class MockServer:
 
 def _echo_credentials(response: web.Response, authorization: str) -> web.Response:
     """The same error with the received Authorization header quoted in its message."""
-    payload = json.loads(response.body)
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)):  # json_response's bodies are bytes
+        raise TypeError(f"expected a JSON error body, not {type(body).__name__}")
+    payload = json.loads(body)
     payload["error"]["message"] += f" (request had Authorization: {authorization})"
     dropped = ("content-length", "content-type")  # set again by json_response
     headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
