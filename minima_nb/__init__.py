@@ -12,6 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import BatchConfig, MinimaLlmConfig, ParasailBatchConfig
+from .controls import (
+    get_force_refresh,
+    get_last_cached,
+    get_retry_seed,
+    reset_debug_trace,
+    reset_force_refresh,
+    reset_retry_seed,
+    retry_temperature,
+    set_debug_trace,
+    set_force_refresh,
+    set_last_cached,
+    set_retry_seed,
+)
 from .errors import (
     AuthError,
     BatchAborted,
@@ -96,7 +109,18 @@ __all__ = [
     "__version__",
     "configure",
     "get_backend",
+    "get_force_refresh",
+    "get_last_cached",
+    "get_retry_seed",
     "open_cache",
+    "reset_debug_trace",
+    "reset_force_refresh",
+    "reset_retry_seed",
+    "retry_temperature",
     "run_batched_callable",
     "run_sync",
+    "set_debug_trace",
+    "set_force_refresh",
+    "set_last_cached",
+    "set_retry_seed",
 ]
