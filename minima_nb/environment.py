@@ -114,6 +114,12 @@ def api_key_from_env() -> str | None:
     return read_env(os.environ, only="api_key").get("api_key")
 
 
+def debug_trace_from_env() -> bool:
+    """Whether ``MINIMA_DEBUG`` (minima-llm's switch) asks for the request/response trace."""
+    text = os.environ.get("MINIMA_DEBUG", "").strip()
+    return bool(text) and text.lower() not in _FALSE
+
+
 def setting_from_env(setting: str) -> Any:
     """One top-level setting as the environment gives it (parsed), or None when it is not set.
 

@@ -34,9 +34,12 @@ from minima_nb import (
     OpenAIMinimaLlm,
     ParasailBatchConfig,
     RpmGate,
+    get_last_cached,
+    reset_debug_trace,
     reset_retry_seed,
     run_batched_callable,
     run_sync,
+    set_debug_trace,
     set_retry_seed,
 )
 from minima_nb.compat import RateLimitInfo
@@ -296,3 +299,33 @@ def test_minima_llm_basic_usage_example_runs_with_the_import_changed(srv, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "MinimaLlmConfig" in done.stdout and "Completed: 100" in done.stdout and "Failed:    0" in done.stdout
     assert srv.requests_total == 100
+
+
+def test_debug_trace_prints_each_exchange_of_the_calling_task_only(srv, tmp_path, capsys):
+    """set_debug_trace(True) traces this task's requests to stderr, never the key; reset stops it."""
+    llm = make_backend(srv, tmp_path, api_key="sk-trace-secret-77")
+    token = set_debug_trace(True)
+    try:
+        run_sync(llm.generate(ask("traced")))
+    finally:
+        reset_debug_trace(token)
+    run_sync(llm.generate(ask("untraced")))
+    close_backend(llm)
+    err = capsys.readouterr().err
+    assert "TRACE traced:" in err and '"content":"traced"' in err and "chat.completion" in err
+    assert "untraced" not in err and "sk-trace-secret-77" not in err
+
+
+def test_last_cached_says_whether_the_last_generate_was_a_hit(srv, tmp_path):
+    llm = make_backend(srv, tmp_path)
+
+    async def twice():
+        await llm.generate(ask("lc"))
+        first = get_last_cached()
+        await llm.generate(ask("lc"))
+        return first, get_last_cached()
+
+    try:
+        assert run_sync(twice()) == (False, True)
+    finally:
+        close_backend(llm)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
 from ..config import MinimaLlmConfig
-from ..controls import get_retry_seed
+from ..controls import debug_trace_enabled, get_retry_seed, set_last_cached, trace_exchange
 from ..errors import BatchAborted, CallError
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
 from .call import Caller
@@ -86,7 +86,9 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         if key is not None and cache is not None and not refresh:
             hit = cache.get(key)
             if hit is not None:
+                set_last_cached(True)
                 return self._from_cache(request, hit, key, include_raw)
+        set_last_cached(False)
         return await self._call(request, model, key, refresh, include_raw)
 
     def lookup(
@@ -298,7 +300,11 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         try:
             answer, latency, attempts = await self._caller.send(body, token_estimate)
         except CallError as err:
+            if debug_trace_enabled():
+                trace_exchange(request.request_id, body, f"{type(err).__name__}: {err}")
             return _failure(request, err, model, self.config.timeout_s)
+        if debug_trace_enabled():
+            trace_exchange(request.request_id, body, answer.raw_json or answer.text)
         self._pulse.record_call(answer.input_tokens, answer.output_tokens, latency)
         cache = self._cache  # not None whenever key is not None: keys are made for a cache only
         if key is not None and cache is not None:
