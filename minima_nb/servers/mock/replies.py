@@ -18,7 +18,7 @@ from aiohttp import web
 __all__ = [
     "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
     "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens", "error_response",
-    "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
+    "drop_connection", "echo_credentials", "handle_models", "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
 ]
 
 MOCK_MODELS = ("mock-model", "mock-model-large")
@@ -135,3 +135,33 @@ def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(FAULT_KINDS)}")
     return kinds
+
+
+def echo_credentials(response: web.Response, authorization: str) -> web.Response:
+    """The same error with the received Authorization header quoted in its message."""
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)):  # json_response's bodies are bytes
+        raise TypeError(f"expected a JSON error body, not {type(body).__name__}")
+    payload = json.loads(body)
+    payload["error"]["message"] += f" (request had Authorization: {authorization})"
+    dropped = ("content-length", "content-type")  # set again by json_response
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
+    return json_response(response.status, payload, headers)
+
+
+async def drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Send the headers and part of the promised body, then close the connection."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = "application/json"
+    response.content_length = 4096
+    await response.prepare(request)
+    await response.write(b'{"id": "chatcmpl-mock-drop", "object": "chat.completion", "cho')
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "minima-nb"}
+            for name in MOCK_MODELS]
+    return json_response(200, {"object": "list", "data": data}, {})

@@ -1,0 +1,1 @@
+"""Edges: minima_nb meeting other systems (provider batch APIs, ...). Each is a leaf package."""
