@@ -56,6 +56,14 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .batch import (
+        BatchJob,
+        batch_jobs,
+        batch_status_overview,
+        cancel_all_batches,
+        cancel_all_local_batches,
+        cancel_batch,
+    )
     from .compat import Cooldown, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
@@ -66,6 +74,12 @@ if TYPE_CHECKING:
 # Names whose modules load on first use: name -> module (relative to this package).
 _LAZY = {
     "BackendPulse": ".engine.pulse",
+    "BatchJob": ".batch",
+    "batch_jobs": ".batch",
+    "batch_status_overview": ".batch",
+    "cancel_all_batches": ".batch",
+    "cancel_all_local_batches": ".batch",
+    "cancel_batch": ".batch",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
     "RpmGate": ".compat",
@@ -96,6 +110,7 @@ __all__ = [
     "BackendStats",
     "BatchAborted",
     "BatchConfig",
+    "BatchJob",
     "BatchPendingResponse",
     "BatchSnapshot",
     "CacheError",
@@ -121,6 +136,11 @@ __all__ = [
     "TransportError",
     "Usage",
     "__version__",
+    "batch_jobs",
+    "batch_status_overview",
+    "cancel_all_batches",
+    "cancel_all_local_batches",
+    "cancel_batch",
     "configure",
     "get_backend",
     "get_force_refresh",

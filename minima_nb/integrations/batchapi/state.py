@@ -166,6 +166,11 @@ class BatchState:
                          (job_id,))
         return [dict(zip(CHUNK_FIELDS, row, strict=True)) for row in rows]
 
+    def chunk(self, chunk_id: int) -> dict[str, Any]:
+        """One chunk's row."""
+        rows = self._run(f"SELECT {', '.join(CHUNK_FIELDS)} FROM chunks WHERE chunk_id = ?", (chunk_id,))
+        return dict(zip(CHUNK_FIELDS, rows[0], strict=True))
+
     def chunk_by_batch(self, batch_id: str) -> dict[str, Any] | None:
         """The chunk that owns a remote batch id, or None."""
         rows = self._run(f"SELECT {', '.join(CHUNK_FIELDS)} FROM chunks WHERE batch_id = ?", (batch_id,))
@@ -206,6 +211,11 @@ class BatchState:
     def requeue_chunk(self, chunk_id: int) -> None:
         """Every unfinished item of a chunk back to ``requeue`` (its batch was lost or discarded)."""
         self._run("UPDATE items SET state = 'requeue' WHERE chunk_id = ? AND state = 'queued'", (chunk_id,))
+
+    def give_up(self, job_id: str, custom_ids: Sequence[str]) -> None:
+        """Re-queued items out of rounds: failed for good, with their last error."""
+        self._many("UPDATE items SET state = 'failed' WHERE job_id = ? AND custom_id = ?",
+                   ((job_id, cid) for cid in custom_ids))
 
     def move_items(self, job_id: str, custom_ids: Iterable[str], chunk_id: int) -> None:
         """Put re-queued items into a new chunk, one round more."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .replies import json_response
 
@@ -86,7 +86,7 @@ class FileStore:
             part = await reader.next()
             if part is None:
                 break
-            if not isinstance(part, web.BodyPartReader):
+            if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "purpose":
                 purpose = (await part.read()).decode()
