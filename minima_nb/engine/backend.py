@@ -304,7 +304,7 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
     ) -> MinimaLlmResult:
         if self._batch_collector is not None:
-            return self._batch_collector.collect(request, model, key)  # type: ignore[no-any-return]
+            return self._batch_collector.collect(request, model, key)  # a BatchPendingResponse
         body = self._payload(request, model, key, refresh)
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
         try:

@@ -91,7 +91,7 @@ def ingest_chunk(state: BatchState, cache: Any, namespace: str | None, chunk: di
     for record in _chain(output_path, error_path):
         custom_id = record.get("custom_id")
         key = keys.get(custom_id) if isinstance(custom_id, str) else None
-        if key is None or custom_id in answered:
+        if key is None or not isinstance(custom_id, str) or custom_id in answered:
             counts.unknown += key is None
             continue
         answered.add(custom_id)

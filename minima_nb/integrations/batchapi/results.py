@@ -49,11 +49,11 @@ def job_results(state: BatchState, cache: Any, job_id: str, requests: Sequence[M
     for request, key in zip(requests, keys, strict=True):
         row = rows.get(key)
         if row is not None:
-            text, input_tokens, output_tokens, finish_reason, latency_s, model = row[:6]
+            text, input_tokens, output_tokens, finish_reason, latency_s, answered_by = row[:6]
             out.append(MinimaLlmResponse(request.request_id, text, True, Usage(input_tokens, output_tokens),
-                                         finish_reason, latency_s, 0, model, cache_source="batch"))
+                                         finish_reason, latency_s, 0, answered_by, cache_source="batch"))
             continue
-        state, status, kind, error = outcomes.get(key, ("failed", None, None, None))
+        _, status, kind, error = outcomes.get(key, ("failed", None, None, None))
         out.append(MinimaLlmFailure(request.request_id, kind or "BatchLineMissing",
                                     error or "no answer came back for this row", status=status,
                                     attempts=1, retryable=kind in ("RateLimited", "ServerError", "BatchExpired"),
