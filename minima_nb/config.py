@@ -101,6 +101,10 @@ class MinimaLlmConfig:
     api_key: str | None = field(default=None, repr=False, compare=False)
     cache_dir: str | None = None
     cache_namespace: str | None = None
+    # minima-llm 0.2.7's: a miss is also looked up under these names of the same model, and in
+    # these caches (read-only); the newest row wins and is copied into cache_dir (cache/adoption.py).
+    model_synonyms: tuple[str, ...] = ()
+    cache_lookup_dirs: tuple[str, ...] = ()
     force_refresh: bool = False
     trace_file: str | None = None
     transport: str = "aiohttp"
@@ -126,6 +130,9 @@ class MinimaLlmConfig:
                 object.__setattr__(self, name, _build(nested, value, f"{name}."))
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        object.__setattr__(self, "model_synonyms", _names(self.model_synonyms, "model_synonyms", ","))
+        object.__setattr__(self, "cache_lookup_dirs", _names(self.cache_lookup_dirs, "cache_lookup_dirs",
+                                                             "," + os.pathsep))
         self._validate()
 
     def _validate(self) -> None:
@@ -154,6 +161,11 @@ class MinimaLlmConfig:
         _check(
             0 <= self.cooldown_floor_s <= self.cooldown_cap_s,
             f"cooldown_floor_s={self.cooldown_floor_s} must be between 0 and cooldown_cap_s={self.cooldown_cap_s} (COOLDOWN_FLOOR_S).",
+        )
+        _check(
+            not self.cache_lookup_dirs or self.cache_dir is not None,
+            "cache_lookup_dirs needs a cache_dir to copy their hits into; set cache_dir (CACHE_DIR) "
+            "or clear cache_lookup_dirs (CACHE_LOOKUP_DIRS).",
         )
         _check(self.cooldown_halflife_s > 0, f"cooldown_halflife_s={self.cooldown_halflife_s} must be > 0 (COOLDOWN_HALFLIFE_S).")
 
@@ -244,6 +256,18 @@ class MinimaLlmConfig:
         return (_unpickle_config, (state,))
 
 
+def _names(value: Any, setting: str, separators: str) -> tuple[str, ...]:
+    """A tuple of non-empty names from a tuple/list, or from one string split at ``separators``."""
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        for sep in separators[1:]:
+            text = text.replace(sep, separators[0])
+        value = text.split(separators[0])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+        raise ConfigError(f"{setting}={value!r} must be a list of strings (or one comma-separated string).")
+    return tuple(s for s in (os.fspath(v).strip() for v in value) if s)
+
+
 def _unpickle_config(state: dict[str, Any]) -> MinimaLlmConfig:
     return MinimaLlmConfig(api_key=os.environ.get("OPENAI_API_KEY") or None, **state)
 
@@ -258,6 +282,8 @@ ENV_VARS: tuple[tuple[str, str, Any], ...] = (
     ("CACHE_DIR", "cache_dir", str),
     ("MINIMA_CACHE_NAMESPACE", "cache_namespace", str),
     ("CACHE_FORCE_REFRESH", "force_refresh", bool),
+    ("MODEL_SYNONYMS", "model_synonyms", tuple),  # comma-separated
+    ("CACHE_LOOKUP_DIRS", "cache_lookup_dirs", tuple),  # comma- or os.pathsep-separated
     ("MINIMA_TRACE_FILE", "trace_file", str),
     ("MINIMA_TRANSPORT", "transport", str),
     ("MINIMA_COMPRESS_GZIP", "compress_gzip", bool),
@@ -303,7 +329,7 @@ def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if kind is bool:
             value: Any = parse_bool(text, var)
-        elif kind is str:
+        elif kind is str or kind is tuple:  # a tuple is split by MinimaLlmConfig itself
             value = text.strip()
         else:
             value = _parse_number(kind, text, var)
@@ -336,8 +362,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
 def _coerce(f: dataclasses.Field, value: Any, setting: str) -> Any:
     """Accept strings for numbers and booleans (YAML and dicts from CLIs carry them), reject the rest clearly."""
     hint = str(f.type)
-    if value is None or f.name in ("batch", "parasail"):
-        return value
+    if value is None or f.name in ("batch", "parasail") or hint.startswith("tuple"):
+        return value  # nested configs and name lists are checked by their own constructors
     if hint == "bool":
         if isinstance(value, bool):
             return value

@@ -55,6 +55,10 @@ class MinimaLlmResponse:
     attempts: int = 1
     model: str | None = None
     raw: Mapping[str, Any] | None = None
+    # Where a cached answer came from (None for a fresh one): "primary" (this cache), "legacy"
+    # (minima-llm's table in the same file), "synonym:<model>", "lookup:<dir>" and combinations
+    # such as "lookup:<dir>:synonym:<model>" (minima_nb.cache.adoption has the full list).
+    cache_source: str | None = None
 
     @property
     def input_tokens(self) -> int | None:
