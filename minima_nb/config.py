@@ -258,6 +258,8 @@ class MinimaLlmConfig:
 
 def _names(value: Any, setting: str, separators: str) -> tuple[str, ...]:
     """A tuple of non-empty names from a tuple/list, or from one string split at ``separators``."""
+    if value is None:  # an empty YAML entry, as minima-llm read it
+        return ()
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         for sep in separators[1:]:

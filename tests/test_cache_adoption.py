@@ -196,7 +196,13 @@ def test_the_newest_row_wins_across_the_cache_and_lookup_dirs(server, tmp_path):
     query(mine, "UPDATE cache SET created_at = 1000.0")
     query(shared, "UPDATE responses SET created_at = 3000.0")
     legacy_before = query(mine, "SELECT * FROM cache")
-    result = run(server, mine, PROMPTS[:1], cache_lookup_dirs=(str(shared),), model_synonyms=(OLD,))[0]
+    llm = make_backend(server, mine, cache_lookup_dirs=(str(shared),), model_synonyms=(OLD,))
+    try:
+        result = batch(llm, PROMPTS[:1])[0]
+        counts = dict(llm._adoption.counts)  # what a pulse reports as synonym / lookup hits
+    finally:
+        close_backend(llm)
+    assert counts == {"lookup": 1, "synonym": 1}
     assert (result.text, result.cache_source) == (answer(PROMPTS[0], OLD), f"lookup:{shared}:synonym:{OLD}")
     assert query(mine, "SELECT * FROM cache") == legacy_before
 
@@ -263,6 +269,8 @@ def test_settings_from_yaml_and_dicts(monkeypatch, tmp_path):
     assert config.cache_lookup_dirs == (str(tmp_path / "x"),)
     assert MinimaLlmConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": NEW,
                                       "model_synonyms": f"{OLD},older"}).model_synonyms == (OLD, "older")
+    assert MinimaLlmConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": NEW,
+                                      "model_synonyms": None}).model_synonyms == ()  # `model_synonyms:` in YAML
     with pytest.raises(ConfigError, match="model_synonyms"):
         MinimaLlmConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": NEW, "model_synonyms": 3})
     with pytest.raises(ConfigError, match="model_synonyms"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,8 @@ class Adoption:
                 continue  # the cache itself: already looked at, and written to
             self._lookups.append(_ReadOnlyFile(path, f"lookup:{os.path.dirname(path)}"))
         self._lock = threading.Lock()
+        # Hits by kind ("legacy", "synonym", "lookup"; a lookup under a synonym counts as both).
+        self.counts: Counter[str] = Counter()
 
     @classmethod
     def for_config(cls, cache: PromptCache, config: Any) -> Adoption:
@@ -166,6 +169,7 @@ class Adoption:
                 finish_reason=finish_reason, latency_s=latency_s, created_at=created_at or 0.0,
                 raw_json=raw,
             )
+            self.counts.update(kind for kind in ("legacy", "synonym", "lookup") if kind in source)
             found[w.key] = ((text, input_tokens, output_tokens, finish_reason, latency_s, w.model, w.key), source)
         return found
 
