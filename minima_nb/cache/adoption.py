@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import CacheError
+from ..errors import CacheError, ConfigError
 from .file import CACHE_FILENAME
 from .key import key_function
 from .legacy import LEGACY_TABLE, answer_fields, is_legacy_table, legacy_key, read_legacy
@@ -131,8 +131,16 @@ class Adoption:
         self.counts: Counter[str] = Counter()
 
     @classmethod
-    def for_config(cls, cache: PromptCache, config: Any) -> Adoption:
-        """The adoption of a backend's cache under a ``MinimaLlmConfig``'s settings."""
+    def for_config(cls, cache: PromptCache | None, config: Any) -> Adoption | None:
+        """The adoption of a backend's cache under a ``MinimaLlmConfig``'s settings (None without a cache).
+
+        Lookup caches without a cache to copy their hits into are refused, as minima-llm did.
+        """
+        if cache is None:
+            if config.cache_lookup_dirs:
+                raise ConfigError("cache_lookup_dirs needs a cache_dir to copy their hits into; set "
+                                  "cache_dir (CACHE_DIR) or clear cache_lookup_dirs (CACHE_LOOKUP_DIRS).")
+            return None
         return cls(cache, model=config.model, synonyms=config.model_synonyms,
                    lookup_dirs=config.cache_lookup_dirs, namespace=config.cache_namespace)
 
@@ -172,6 +180,11 @@ class Adoption:
             self.counts.update(kind for kind in ("legacy", "synonym", "lookup") if kind in source)
             found[w.key] = ((text, input_tokens, output_tokens, finish_reason, latency_s, w.model, w.key), source)
         return found
+
+    def find_requests(self, requests: Sequence[Any], models: Sequence[str], keys: Sequence[str]) -> dict[str, Found]:
+        """:meth:`find` for request objects (``messages``, ``temperature``, ``max_tokens``, ``extra``)."""
+        return self.find([Wanted(k, m, r.messages, r.temperature, r.max_tokens, r.extra)
+                          for r, m, k in zip(requests, models, keys, strict=True)])
 
     def close(self) -> None:
         """Close the read-only connections (they reopen on the next ``find``)."""
