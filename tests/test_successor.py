@@ -329,3 +329,25 @@ def test_last_cached_says_whether_the_last_generate_was_a_hit(srv, tmp_path):
         assert run_sync(twice()) == (False, True)
     finally:
         close_backend(llm)
+
+
+def test_the_readme_successor_section_covers_every_name_and_variable_of_minima_llm():
+    """"Coming from minima-llm" has a row for each public name and environment variable it had."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Coming from minima-llm", 1)[1].split("\n## ", 1)[0]
+    mentioned = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(re.findall(r"`([^`]*)`", section))))
+    names = {n for n in minima_llm.__all__ if n not in NOT_YET}
+    for prefixed in ("force_refresh", "retry_seed", "last_cached", "debug_trace"):
+        if any(n.endswith(prefixed) for n in names):  # written once as set_/get_/reset_<name>
+            names = {n for n in names if not n.endswith(prefixed)}
+            spellings = (f"set_/get_/reset_{prefixed}", f"set_/get_{prefixed}", f"set_/reset_{prefixed}")
+            assert any(spelling in section for spelling in spellings), prefixed
+    assert names <= mentioned, names - mentioned
+    config_source = importlib.resources.files("minima_llm").joinpath("config.py").read_text()
+    variables = set(re.findall(r'_env_\w+\("([A-Z_]+)"', config_source))
+    variables |= set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', importlib.resources.files("minima_llm")
+                                .joinpath("backend.py").read_text()))
+    assert len(variables) > 20 and variables <= mentioned, variables - mentioned
