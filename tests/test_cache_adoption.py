@@ -166,6 +166,16 @@ def test_a_lookup_dir_of_minima_llm_is_read_only_and_its_hits_copied(server, tmp
     assert snapshot(shared) == before
 
 
+def test_a_lookup_dir_whose_name_needs_escaping_in_a_uri(server, tmp_path):
+    """The read-only URI of a lookup cache escapes "?", "#", "%" and spaces in its path."""
+    shared, mine = tmp_path / "team #1 ?x=%20", tmp_path / "mine"
+    fill(server, shared, PROMPTS[:2])
+    server.reset_counts()
+    results = run(server, mine, PROMPTS[:2], cache_lookup_dirs=(str(shared),))
+    assert server.requests_total == 0
+    assert {r.cache_source for r in results} == {f"lookup:{shared}"}
+
+
 def test_a_lookup_dir_of_minima_nb_and_synonyms(server, tmp_path):
     """A lookup dir minima_nb wrote, under the old name: "lookup:<dir>:synonym:<old>";
     df.minima.generate takes the same path."""

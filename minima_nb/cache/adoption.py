@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import CacheError, ConfigError
 from .file import CACHE_FILENAME
@@ -67,7 +66,7 @@ class _ReadOnlyFile:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
-            uri = f"file:{quote(str(self.path))}?mode=ro"
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri() escapes "?", "#" and spaces
             self._conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False,
                                          isolation_level=None)
             self._pid = os.getpid()
