@@ -21,8 +21,10 @@ from test_legacy_cache import PROMPTS, batch, minima_llm, msgs
 from minima_nb.cache import CACHE_FILENAME
 from minima_nb.config import MinimaLlmConfig
 from minima_nb.engine.backend import OpenAIMinimaLlm
+from minima_nb.engine.sync import run_sync
 from minima_nb.errors import CacheError, ConfigError
 from minima_nb.testing import MockServer, mock_answer
+from minima_nb.types import MinimaLlmRequest
 
 OLD, NEW = "old-name", "mock-model"  # the model's former name, and the configured one
 
@@ -226,6 +228,38 @@ def test_cache_source_strings_match_minima_llms(server, tmp_path):
                model_synonyms=(OLD,))
     assert theirs[0]["cache_source"] == ours[0].cache_source == f"lookup:{shared}:synonym:{OLD}"
     assert theirs[0]["text"] == ours[0].text
+
+
+def test_one_batch_asking_under_both_names(server, tmp_path):
+    """One batch asks the same prompt under the new and the old name; the lookup cache's one row
+    (under the old name) answers both, each copied under its own name."""
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    fill(server, shared, PROMPTS[:1], model=OLD)
+    server.reset_counts()
+    llm = make_backend(server, mine, cache_lookup_dirs=(str(shared),), model_synonyms=(OLD,))
+    try:
+        both = run_sync(llm.run_batched([
+            MinimaLlmRequest("n", msgs(PROMPTS[0]), temperature=0.0),
+            MinimaLlmRequest("o", msgs(PROMPTS[0]), temperature=0.0, model=OLD)], progress=False))
+    finally:
+        close_backend(llm)
+    assert server.requests_total == 0
+    assert [r.cache_source for r in both] == [f"lookup:{shared}:synonym:{OLD}", f"lookup:{shared}"]
+    assert {r.text for r in both} == {answer(PROMPTS[0], OLD)}
+    assert sorted(m for (m,) in query(mine, "SELECT model FROM responses")) == sorted([NEW, OLD])
+
+
+def test_a_lookup_cache_that_is_not_sqlite_is_a_clear_error(server, tmp_path):
+    """A damaged lookup file fails the lookup with a CacheError naming the setting."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / CACHE_FILENAME).write_bytes(b"not a database " * 100)
+    llm = make_backend(server, tmp_path / "mine", cache_lookup_dirs=(str(shared),))
+    try:
+        with pytest.raises(CacheError, match="CACHE_LOOKUP_DIRS"):
+            batch(llm, PROMPTS[:1])
+    finally:
+        close_backend(llm)
 
 
 def test_a_missing_lookup_cache_fails_when_the_backend_is_made(server, tmp_path):

@@ -199,20 +199,22 @@ class Adoption:
         if not legacy and not self.synonyms and not any(ours for _, _, ours, _ in sources[1:]):
             return {}  # nothing to look at: the usual case of a plain minima_nb cache
         key_functions: dict[Any, Callable[[Any], tuple[str, str]]] = {}
-        # key -> (wanted index, name index), for our spelling and for minima-llm's.
-        ours: dict[str, tuple[int, int]] = {}
-        theirs: dict[str, tuple[int, int]] = {}
+        # key -> [(wanted index, name index)], for our spelling and for minima-llm's; a list, as one
+        # key can serve two requests (one for "a" whose synonym is "b", one for "b").
+        ours: dict[str, list[tuple[int, int]]] = {}
+        theirs: dict[str, list[tuple[int, int]]] = {}
         names_of: list[list[str]] = []
         for i, w in enumerate(unique):
             names = self.names(w.model)
             names_of.append(names)
             for j, name in enumerate(names):
-                ours.setdefault(w.key if j == 0 else self._our_key(key_functions, name, w), (i, j))
+                ours.setdefault(w.key if j == 0 else self._our_key(key_functions, name, w), []).append((i, j))
                 if legacy:
-                    theirs.setdefault(legacy_key(name, w.messages, w.temperature, w.max_tokens, w.extra)[0], (i, j))
-        own_keys = [k for k, (_, j) in ours.items() if j > 0]  # the plain key already missed here
+                    their_key = legacy_key(name, w.messages, w.temperature, w.max_tokens, w.extra)[0]
+                    theirs.setdefault(their_key, []).append((i, j))
+        own_keys = [k for k, places in ours.items() if all(j > 0 for _, j in places)]  # plain keys missed here
         # (rank, source file, rows); a lower rank wins a tie on created_at.
-        batches: list[tuple[int, str, list[tuple[Any, ...]], dict[str, tuple[int, int]]]] = []
+        batches: list[tuple[int, str, list[tuple[Any, ...]], dict[str, list[tuple[int, int]]]]] = []
         for rank, source, has_ours, has_theirs in sources:
             if has_ours:
                 rows = source.ours(own_keys if source is self._primary else list(ours))
@@ -222,10 +224,10 @@ class Adoption:
         best: dict[int, tuple[tuple[float, int, int], tuple[Any, ...], str]] = {}
         for rank, label, rows, where in batches:
             for row in rows:
-                i, j = where[row[0]]
-                score = (float(row[7] or 0.0), -rank, -j)
-                if i not in best or score > best[i][0]:
-                    best[i] = (score, row, _source(label, names_of[i][j] if j else None))
+                for i, j in where[row[0]]:
+                    score = (float(row[7] or 0.0), -rank, -j)
+                    if i not in best or score > best[i][0]:
+                        best[i] = (score, row, _source(label, names_of[i][j] if j else None))
         return {i: (row, source) for i, (_, row, source) in best.items()}
 
     def _our_key(self, memo: dict[Any, Callable[[Any], tuple[str, str]]], name: str, w: Wanted) -> str:
