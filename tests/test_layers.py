@@ -32,7 +32,7 @@ MAY_IMPORT = {
     "cli": {"face", "vocabulary", "engine", "cache", "export", "notebook", "servers", "integrations", "compat"},
 }
 # Methods that only hand over to an edge, loaded when called: module -> the edge it may import.
-DELEGATES = {"engine.backend": "integrations.batchapi.mode"}  # backend.batch_mode()
+DELEGATES = {"engine.spellings": "integrations.batchapi.mode"}  # backend.batch_mode()
 BELOW_NOTEBOOK = {"vocabulary", "engine", "cache", "servers", "compat"}
 HEAVY = {"pandas", "pyarrow", "numpy", "ipywidgets", "tqdm", "IPython", "dspy", "dask", "distributed"}
 MAX_LINES = 420  # "a module under ~400 lines": past that, split by concept

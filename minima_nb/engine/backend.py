@@ -63,7 +63,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         self._refresh_rounds: dict[str, int] = {}
         self._params_spelled: dict[tuple[Any, ...], str] = {}
         self._pulse = BackendPulse()
-        self._batch_collector: Any = None  # set inside batch_mode(): misses are collected, not sent
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -207,13 +206,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         by_key.update({keys[i]: r for i, r in zip(todo, answers, strict=True)})
         return _spread(by_key, keys, requests)
 
-    def batch_mode(self, prefix: str | None = None) -> Any:
-        """minima-llm's provider batch flow: ``async with backend.batch_mode("run-7"): ...`` collects
-        the misses (``generate`` returns ``BatchPendingResponse``), then submits and waits on exit."""
-        from ..integrations.batchapi.mode import batch_mode  # the edge, loaded when used
-
-        return batch_mode(self, prefix)
-
     def cache_stats(self) -> dict[str, Any]:
         """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
         return self._cache.stats() if self._cache is not None else {}
@@ -329,8 +321,8 @@ class OpenAIMinimaLlm(PredecessorSpellings):
     async def _call(
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
     ) -> MinimaLlmResult:
-        if self._batch_collector is not None:
-            return self._batch_collector.collect(request, model, key)  # a BatchPendingResponse
+        if self._batch_collector is not None:  # inside batch_mode(): collected, not sent
+            return self._batch_collector.collect(request, model, key)
         body = self._payload(request, model, key, refresh)
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
         try:
