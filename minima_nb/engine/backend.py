@@ -22,6 +22,7 @@ from typing import Any
 
 from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
 from ..config import MinimaLlmConfig
+from ..controls import get_retry_seed
 from ..errors import BatchAborted, CallError
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
 from .call import Caller
@@ -278,6 +279,10 @@ class OpenAIMinimaLlm:
             refresh_round = self._refresh_rounds.get(ident, 0)
             self._refresh_rounds[ident] = refresh_round + 1
             seed_base = int(ident[:8], 16)
+            retry_seed = get_retry_seed()  # minima-llm's set_retry_seed(n): attempt n of a retry loop
+            if retry_seed > 0:
+                # seed n and the ramp's n-th step: the same attempt asks for the same sample
+                refresh_round, seed_base = retry_seed - 1, 1
         return encode(build_payload(request, model, refresh_round=refresh_round, seed_base=seed_base))
 
     async def _call(
