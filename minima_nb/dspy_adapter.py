@@ -7,5 +7,6 @@ The code lives in :mod:`minima_nb.integrations.dspy`; importing this module with
 from __future__ import annotations
 
 from .integrations.dspy.lm import MinimaLlmDSPyLM
+from .integrations.dspy.parsing import TolerantChatAdapter
 
-__all__ = ["MinimaLlmDSPyLM"]
+__all__ = ["MinimaLlmDSPyLM", "TolerantChatAdapter"]
