@@ -8,5 +8,7 @@ from __future__ import annotations
 
 from .integrations.dspy.lm import MinimaLlmDSPyLM
 from .integrations.dspy.parsing import TolerantChatAdapter
+from .integrations.dspy.program import print_dspy_prompt, run_dspy_batch, run_dspy_batch_generic
 
-__all__ = ["MinimaLlmDSPyLM", "TolerantChatAdapter"]
+__all__ = ["MinimaLlmDSPyLM", "TolerantChatAdapter", "print_dspy_prompt", "run_dspy_batch",
+           "run_dspy_batch_generic"]
