@@ -25,7 +25,7 @@ from ..errors import BatchAborted
 from ..types import MinimaLlmFailure
 from .jobs import _CloseOnCaller, _sink
 
-__all__ = ["ROW_DETAIL_DTYPES", "arun_rows", "outputs_frame", "run_rows"]
+__all__ = ["ROW_DETAIL_DTYPES", "RowOutputs", "arun_rows", "outputs_frame", "run_rows"]
 
 #: Columns ``details=True`` adds, with their nullable dtypes.
 ROW_DETAIL_DTYPES: dict[str, str] = {
@@ -33,6 +33,14 @@ ROW_DETAIL_DTYPES: dict[str, str] = {
     "input_tokens": "Int64", "output_tokens": "Int64",
 }
 RowFn = Callable[[Any], Awaitable[Any]]
+
+
+class RowOutputs(dict[str, Any]):
+    """A row's output values; ``cached`` (every LM call answered from the cache) drives progress."""
+
+    def __init__(self, *args: Any, cached: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cached = cached
 
 
 def _batch(backend: Any, items: Sequence[Any], row_fn: RowFn, sink: Any, label: str) -> Any:
