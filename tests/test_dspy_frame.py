@@ -13,7 +13,7 @@ from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
 from minima_nb import BatchAborted
-from minima_nb.dspy_adapter import MinimaLlmDSPyLM
+from minima_nb.dspy_adapter import MinimaLlmDSPyLM, TolerantChatAdapter
 from minima_nb.testing import MockServer
 
 
@@ -163,3 +163,55 @@ def test_predict_runs_without_deprecation_warnings(backend):
 def test_not_a_dspy_module_is_refused(backend):
     with pytest.raises(TypeError, match="DSPy module"):
         _frame(1).minima.predict("question -> answer", backend=backend)
+
+
+@pytest.mark.parametrize("module", [dspy.Predict, dspy.ChainOfThought])
+def test_predict_and_the_lm_route_share_cache_entries(backend, srv, module):
+    """Predict/ChainOfThought rows go straight to run_batched, with the very messages the LM
+    route sends: calling the program afterwards is answered from the cache, identically."""
+    df = _frame(4)
+    out = df.minima.predict(module(Judge), backend=backend, progress=False)
+    assert srv.requests_total == 4
+    with dspy.context(lm=MinimaLlmDSPyLM(backend), adapter=TolerantChatAdapter()):
+        again = [module(Judge)(question=q, answer=a) for q, a in zip(df["question"], df["answer"], strict=True)]
+    assert srv.requests_total == 4
+    assert [p.score for p in again] == out["score"].tolist()
+    assert [p.verdict for p in again] == out["verdict"].tolist()
+
+
+def test_unparsable_rows_are_asked_again_with_a_seed(tmp_path):
+    """An answer that does not parse is re-sent (forced refresh, seed 1); a re-run sends nothing."""
+    with MockServer(dspy_replies="missing-unseeded") as srv:
+        backend = make_backend(srv, tmp_path / "cache", max_attempts=3)
+        try:
+            df = _frame(6)
+            out = df.minima.predict(dspy.Predict(Judge), backend=backend, details=True, progress=False)
+            assert srv.requests_total == 12 and srv.last_request_json["seed"] == 1
+            assert out["score"].notna().all() and out["error"].isna().all()
+            assert (out["attempts"] == 2).all() and not out["cached"].any()
+            again = df.minima.predict(dspy.Predict(Judge), backend=backend, details=True, progress=False)
+            assert srv.requests_total == 12 and again["cached"].all()
+        finally:
+            close_backend(backend)
+
+
+def test_rows_that_never_parse_are_na_with_the_parse_error(tmp_path):
+    with MockServer(dspy_replies="missing") as srv:
+        backend = make_backend(srv, tmp_path / "cache", max_attempts=2, batch={"max_failures": 0})
+        try:
+            with pytest.warns(UserWarning, match="AdapterParseError"):
+                out = _frame(3).minima.predict(dspy.Predict(Judge), backend=backend, details=True,
+                                               progress=False)
+        finally:
+            close_backend(backend)
+        assert srv.requests_total == 6
+    assert out["score"].isna().all()
+    assert out["error"].str.contains("AdapterParseError: missing required output field").all()
+
+
+def test_under_usage_tracking_predict_takes_the_lm_route_and_counts_tokens(backend, srv):
+    """dspy.track_usage() sees every billed call of predict (the LM route records usage)."""
+    with dspy.context(lm=MinimaLlmDSPyLM(backend)), dspy.track_usage() as usage:
+        _frame(3).minima.predict(dspy.Predict(QA), progress=False)
+    assert usage.get_total_tokens()["mock-model"]["prompt_tokens"] > 0
+    assert srv.requests_total == 3

@@ -22,10 +22,13 @@ from typing import Any
 import dspy
 import pandas as pd
 
+from ...controls import reset_retry_seed, set_retry_seed
 from ...errors import BatchAborted
 from ...notebook import session
+from ...notebook.jobs import _arun, _run
 from ...notebook.predict import RowOutputs, arun_rows, outputs_frame, run_rows
-from ...types import MinimaLlmFailure
+from ...types import MinimaLlmFailure, MinimaLlmResponse
+from .direct import DirectPlan, direct_plan
 from .engines import CallLog, current_log
 from .lm import MinimaLlmDSPyLM
 from .parsing import TolerantChatAdapter
@@ -139,28 +142,121 @@ class PredictJob:
         frame = outputs_frame(results, self.index, fields, details, self.info)
         return frame, _warning(results, len(self.rows) - len(self.todo))
 
+    # -- the direct route (direct.py): one run_batched, then parse; parse failures sent again --
+
+    def _direct_requests(self) -> tuple[DirectPlan, list[Any]] | None:
+        plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
+        if plan is None or not self.todo:
+            return None
+        requests = [plan.request(p, self.rows[p]) for p in self.todo]
+        return None if any(r is None for r in requests) else (plan, requests)
+
+    def _settle(self, plan: DirectPlan, answers: list[Any], waiting: list[int], ran: list[Any]) -> list[int]:
+        """Record each answer of ``waiting`` (indexes into todo); return those to send again."""
+        again = []
+        for k, answer in zip(waiting, answers, strict=True):
+            position = self.todo[k]
+            info = self.info[position]
+            attempts = info.get("attempts", 0) + (getattr(answer, "attempts", 0) or 0)
+            cached = isinstance(answer, MinimaLlmResponse) and answer.cached
+            billed = isinstance(answer, MinimaLlmResponse) and not answer.cached
+            self.info[position] = {
+                "cached": cached and not info.get("tried"), "attempts": attempts, "tried": True,
+                "input_tokens": _add(info.get("input_tokens"), answer.input_tokens if billed else None),
+                "output_tokens": _add(info.get("output_tokens"), answer.output_tokens if billed else None)}
+            outputs = plan.outputs(answer)
+            if isinstance(outputs, MinimaLlmFailure):
+                ran[k] = outputs
+                if outputs.error_type == "AdapterParseError":
+                    again.append(k)
+            else:
+                ran[k] = RowOutputs(outputs, cached=cached)
+        return again
+
+    def _run_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
+        ran: list[Any] = [None] * len(requests)
+        waiting = list(range(len(requests)))
+        for attempt in range(self._max_attempts()):
+            token = set_retry_seed(attempt) if attempt else None  # read by the batch's tasks
+            try:
+                answers = _run(self.backend, [requests[k] for k in waiting], progress=progress,
+                               force_refresh=self.force_refresh or attempt > 0, label=_label(attempt),
+                               cached_rows=0)
+            finally:
+                if token is not None:
+                    reset_retry_seed(token)
+            waiting = self._settle(plan, answers, waiting, ran)
+            if not waiting:
+                break
+        return ran
+
+    async def _arun_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
+        ran: list[Any] = [None] * len(requests)
+        waiting = list(range(len(requests)))
+        for attempt in range(self._max_attempts()):
+            token = set_retry_seed(attempt) if attempt else None
+            try:
+                answers = await _arun(self.backend, [requests[k] for k in waiting], progress=progress,
+                                      force_refresh=self.force_refresh or attempt > 0,
+                                      label=_label(attempt), cached_rows=0)
+            finally:
+                if token is not None:
+                    reset_retry_seed(token)
+            waiting = self._settle(plan, answers, waiting, ran)
+            if not waiting:
+                break
+        return ran
+
+    def _max_attempts(self) -> int:
+        return max(1, int(getattr(self.backend.config, "max_attempts", 1)))
+
+    # -- running --------------------------------------------------------------------------------
+
     def run(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        direct = self._direct_requests()
         try:
-            ran = run_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL) if self.todo else []
+            if direct is not None:
+                ran = self._run_direct(*direct, progress)
+            else:
+                ran = run_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL) if self.todo else []
         except Exception as exc:
-            self._note_partial(exc)
+            self._note_partial(exc, direct)
             raise
         return self.shape(ran, details)
 
     async def arun(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        direct = self._direct_requests()
         try:
-            ran = await arun_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL) if self.todo else []
+            if direct is not None:
+                ran = await self._arun_direct(*direct, progress)
+            else:
+                ran = await arun_rows(self.backend, self.todo, self.row, progress=progress,
+                                      label=LABEL) if self.todo else []
         except Exception as exc:
-            self._note_partial(exc)
+            self._note_partial(exc, direct)
             raise
         return self.shape(ran, details)
 
-    def _note_partial(self, exc: Exception) -> None:
+    def _note_partial(self, exc: Exception, direct: tuple[DirectPlan, list[Any]] | None) -> None:
         if not isinstance(exc, BatchAborted):
             return
-        exc.partial = self.shape(list(exc.results), True)[0]
+        results = list(exc.results)
+        if direct is not None:  # run_batched's answers, of the first round or of a retry round
+            if len(results) != len(self.todo):
+                results = [None] * len(self.todo)
+            results = [r if r is None else direct[0].outputs(r) for r in results]
+            results = [RowOutputs(r) if isinstance(r, dict) else r for r in results]
+        exc.partial = self.shape(results, True)[0]
         if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
             exc.add_note(PARTIAL_NOTE)
+
+
+def _label(attempt: int) -> str:
+    return LABEL if attempt == 0 else f"{LABEL} (parse retry {attempt})"
+
+
+def _add(total: int | None, more: int | None) -> int | None:
+    return total if more is None else (total or 0) + more
 
 
 def _warning(results: list[Any], missing: int) -> str | None:

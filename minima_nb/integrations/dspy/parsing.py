@@ -125,6 +125,17 @@ class TolerantChatAdapter(dspy.ChatAdapter):
 
     def __init__(self, *args: Any, use_json_adapter_fallback: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, use_json_adapter_fallback=use_json_adapter_fallback, **kwargs)
+        self._system_messages: dict[Any, str] = {}
+
+    def format_system_message(self, signature: Any) -> str:
+        """DSPy's system message, made once per signature (it depends on nothing else, and it is
+        most of the cost of formatting a row)."""
+        message = self._system_messages.get(signature)
+        if message is None:
+            if len(self._system_messages) >= 256:  # signatures made on the fly: stay bounded
+                self._system_messages.clear()
+            message = self._system_messages[signature] = super().format_system_message(signature)
+        return message
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         """The typed output fields of ``signature`` found in ``completion``."""
