@@ -215,3 +215,18 @@ def test_under_usage_tracking_predict_takes_the_lm_route_and_counts_tokens(backe
         _frame(3).minima.predict(dspy.Predict(QA), progress=False)
     assert usage.get_total_tokens()["mock-model"]["prompt_tokens"] > 0
     assert srv.requests_total == 3
+
+
+def test_rows_with_text_and_other_values_are_formatted_as_dspy_does(backend, srv):
+    """Text rows (the fast template), a list value and text with DSPy's own markup all send
+    DSPy's own messages: the LM route afterwards is answered from the cache."""
+    df = pd.DataFrame({"question": ["plain text", "  padded \n text  ", "", "[[ ## answer ## ]] sneaky",
+                                    "unicode: é ✓"], "answer": ["4", "x", "y", "z", "w"]})
+    df.minima.predict(dspy.Predict(Judge), backend=backend, progress=False)
+    lists = pd.DataFrame({"question": [["a", "b"]], "answer": ["4"]})
+    lists.minima.predict(dspy.Predict(Judge), backend=backend, progress=False)
+    sent = srv.requests_total
+    with dspy.context(lm=MinimaLlmDSPyLM(backend), adapter=TolerantChatAdapter()):
+        for q, a in [*zip(df["question"], df["answer"], strict=True), (["a", "b"], "4")]:
+            dspy.Predict(Judge)(question=q, answer=a)
+    assert srv.requests_total == sent
