@@ -22,19 +22,21 @@ from typing import Any
 
 from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
 from ..config import MinimaLlmConfig
-from ..controls import get_retry_seed
+from ..controls import debug_trace_enabled, get_retry_seed, set_last_cached, trace_exchange
 from ..errors import BatchAborted, CallError
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
 from .call import Caller
 from .pacer import RatePacer
 from .pool import ProgressArg, run_batched_callable
+from .pulse import BackendPulse
+from .spellings import PredecessorSpellings
 from .transport import Transport
 from .wire import ParsedAnswer, build_payload, check_messages, encode
 
 CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
 
 
-class OpenAIMinimaLlm:
+class OpenAIMinimaLlm(PredecessorSpellings):
     """Async backend for any OpenAI-compatible chat-completions endpoint.
 
     ``config`` defaults to :meth:`MinimaLlmConfig.from_env`. Pass ``client=httpx.AsyncClient(...)``
@@ -58,6 +60,7 @@ class OpenAIMinimaLlm:
         self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
         self._refresh_rounds: dict[str, int] = {}
         self._params_spelled: dict[tuple[Any, ...], str] = {}
+        self._pulse = BackendPulse()
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -83,7 +86,9 @@ class OpenAIMinimaLlm:
         if key is not None and cache is not None and not refresh:
             hit = cache.get(key)
             if hit is not None:
+                set_last_cached(True)
                 return self._from_cache(request, hit, key, include_raw)
+        set_last_cached(False)
         return await self._call(request, model, key, refresh, include_raw)
 
     def lookup(
@@ -113,6 +118,7 @@ class OpenAIMinimaLlm:
         keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
         read = self._cache.get_texts if text_only else self._cache.get_many_rows
         found = read((k for k in keys if k is not None), count_misses=False)
+        self._pulse.record_hits(len(found))
         return [None if key is None else found.get(key) for key in keys]
 
     async def run_batched(
@@ -259,6 +265,7 @@ class OpenAIMinimaLlm:
     ) -> MinimaLlmResponse:
         # Only cache hits get here, so the cache is there; the check is for the type checker.
         raw = self._cache.get_raw(key) if include_raw and self._cache is not None else None
+        self._pulse.record_hits()
         return MinimaLlmResponse(
             request_id=request_id,
             text=text,
@@ -279,11 +286,11 @@ class OpenAIMinimaLlm:
             refresh_round = self._refresh_rounds.get(ident, 0)
             self._refresh_rounds[ident] = refresh_round + 1
             seed_base = int(ident[:8], 16)
-            retry_seed = get_retry_seed()  # minima-llm's set_retry_seed(n): attempt n of a retry loop
-            if retry_seed > 0:
-                # seed n and the ramp's n-th step: the same attempt asks for the same sample
-                refresh_round, seed_base = retry_seed - 1, 1
-        return encode(build_payload(request, model, refresh_round=refresh_round, seed_base=seed_base))
+        return encode(build_payload(
+            request, model, refresh_round=refresh_round, seed_base=seed_base,
+            retry_seed=get_retry_seed() if refresh else 0,
+            ramp=(self.config.retry_temperature_max, self.config.retry_temperature_halflife),
+        ))
 
     async def _call(
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
@@ -293,7 +300,12 @@ class OpenAIMinimaLlm:
         try:
             answer, latency, attempts = await self._caller.send(body, token_estimate)
         except CallError as err:
-            return _failure(request, err, model)
+            if debug_trace_enabled():
+                trace_exchange(request.request_id, body, f"{type(err).__name__}: {err}")
+            return _failure(request, err, model, self.config.timeout_s)
+        if debug_trace_enabled():
+            trace_exchange(request.request_id, body, answer.raw_json or answer.text)
+        self._pulse.record_call(answer.input_tokens, answer.output_tokens, latency)
         cache = self._cache  # not None whenever key is not None: keys are made for a cache only
         if key is not None and cache is not None:
             self._store(cache, key, request, model, answer, latency)
@@ -352,7 +364,7 @@ def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:
     return cache_key(model, request.messages, request.temperature, request.max_tokens, request.extra)[0]
 
 
-def _failure(request: MinimaLlmRequest, err: CallError, model: str) -> MinimaLlmFailure:
+def _failure(request: MinimaLlmRequest, err: CallError, model: str, timeout_s: float) -> MinimaLlmFailure:
     return MinimaLlmFailure(
         request_id=request.request_id,
         error_type=type(err).__name__,
@@ -361,6 +373,9 @@ def _failure(request: MinimaLlmRequest, err: CallError, model: str) -> MinimaLlm
         attempts=err.attempts,
         retryable=err.retryable,
         model=model,
+        body_snippet=err.body_snippet,
+        timeout_s=timeout_s,
+        attempt_timestamps=err.attempt_timestamps,
     )
 
 
