@@ -76,7 +76,7 @@ def test_rows_with_a_missing_input_are_na_and_not_sent(backend, srv):
 def test_failed_rows_are_na_with_the_reason_and_the_others_answer(tmp_path):
     """Some rows' requests fail for good: those are <NA> with the error; one warning counts them."""
     with MockServer(fault_rate=0.3, fault_kinds=("500",), seed=3) as srv:
-        backend = make_backend(srv, tmp_path / "cache", max_attempts=1, batch={"max_failures": 0})
+        backend = make_backend(srv, tmp_path / "cache", max_attempts=1, batch={"max_failures": None})
         try:
             with pytest.warns(UserWarning, match=r"rows failed and are <NA>.*ServerError"):
                 out = _frame(40).minima.predict(dspy.Predict(Judge), backend=backend, details=True,
@@ -197,7 +197,7 @@ def test_unparsable_rows_are_asked_again_with_a_seed(tmp_path):
 
 def test_rows_that_never_parse_are_na_with_the_parse_error(tmp_path):
     with MockServer(dspy_replies="missing") as srv:
-        backend = make_backend(srv, tmp_path / "cache", max_attempts=2, batch={"max_failures": 0})
+        backend = make_backend(srv, tmp_path / "cache", max_attempts=2, batch={"max_failures": None})
         try:
             with pytest.warns(UserWarning, match="AdapterParseError"):
                 out = _frame(3).minima.predict(dspy.Predict(Judge), backend=backend, details=True,

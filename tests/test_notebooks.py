@@ -134,9 +134,11 @@ class Kernel:
                 cell["idle"] = cell["idle"] or msg["content"]["execution_state"] == "idle"
             elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
                 cell["outputs"].append({"output_type": msg["msg_type"], **msg["content"]})
-        for _ in ids:
+        while any(c["status"] is None for c in cells.values()):
             reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT_S)
-            cells[reply["parent_header"]["msg_id"]]["status"] = reply["content"]["status"]
+            cell = cells.get(reply["parent_header"].get("msg_id"))
+            if cell is not None:  # a late kernel_info reply (from wait_for_ready) is not ours
+                cell["status"] = reply["content"]["status"]
         return [cells[i] for i in ids]
 
     def close(self) -> None:
