@@ -56,7 +56,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .compat import Cooldown, RpmGate
+    from .compat import Cooldown, PromptCache, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
     from .engine.pulse import BackendPulse, BackendStats
@@ -68,6 +68,7 @@ _LAZY = {
     "BackendPulse": ".engine.pulse",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
+    "PromptCache": ".compat",
     "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
     "open_cache": ".export",
@@ -112,6 +113,7 @@ __all__ = [
     "MinimaLlmResult",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
+    "PromptCache",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",
