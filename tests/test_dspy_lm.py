@@ -126,3 +126,12 @@ def test_a_backend_without_cache_still_answers(srv, tmp_path):
     finally:
         close_backend(backend)
     assert srv.requests_total == 2
+
+
+def test_without_dspy_the_import_says_what_to_install():
+    """`import minima_nb.dspy_adapter` with DSPy missing names the extra; minima_nb itself imports."""
+    code = ("import sys\nsys.modules['dspy'] = None  # as if DSPy were not installed\n"
+            "import minima_nb\n"
+            "try:\n    import minima_nb.dspy_adapter\nexcept ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'minima-nb[dspy]'" in out.stdout
