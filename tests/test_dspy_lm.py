@@ -135,3 +135,24 @@ def test_without_dspy_the_import_says_what_to_install():
             "try:\n    import minima_nb.dspy_adapter\nexcept ImportError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'minima-nb[dspy]'" in out.stdout
+
+
+def test_minima_llm_dspy_usage_example_runs_with_the_imports_changed(srv, tmp_path):
+    """examples/dspy_usage.py from minima-llm 0.2.8's wheel, `minima_llm` -> `minima_nb`, on the mock."""
+    import importlib.resources
+
+    source = importlib.resources.files("minima_llm").joinpath("examples/dspy_usage.py").read_text()
+    assert source.count("from minima_llm") == 2
+    script = tmp_path / "dspy_usage.py"
+    script.write_text(source.replace("from minima_llm", "from minima_nb"))
+    env, home = guarded_subprocess_env(
+        tmp_path, OPENAI_BASE_URL=srv.base_url, OPENAI_MODEL="mock-model", RPM="0",
+        CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", str(script)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answers = [line for line in out.stdout.splitlines() if line.startswith("A: ")]
+    # The mock answers arithmetic it can do, and echoes the rest.
+    assert answers == ["A: answer for: What is the capital of France?", "A: 4", "A: answer for: Who wrote Hamlet?"]
+    assert not (tmp_path / "net.log").exists() and not (home / ".dspy_cache").exists()
+    assert srv.requests_total == 3
