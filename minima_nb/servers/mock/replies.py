@@ -15,9 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from .structured import BAD_JSON, structured_text
+
 __all__ = [
-    "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
-    "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens", "error_response",
+    "BAD_JSON", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
+    "RATE_LIMITED", "TOKEN_LIMIT", "answer_text", "check_kinds", "content_text", "count_tokens", "error_response",
     "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
 ]
 
@@ -44,7 +46,7 @@ ERRORS_429 = {"429": RATE_LIMITED, "429-no-retry-after": RATE_LIMITED,
                "quota": ("You exceeded your current quota", "insufficient_quota",
                          "insufficient_quota")}
 MALFORMED_BODY = '{"id": "chatcmpl-mock", "object": "chat.completion", "choices": [{'
-FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429)
+FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429) | set(BAD_JSON)
                         | {"timeout", "drop", "malformed", "null", "empty"})
 
 
@@ -72,6 +74,21 @@ def mock_answer(messages: list[dict], model: str) -> str:
     if prompt in KNOWN_ANSWERS:
         return KNOWN_ANSWERS[prompt]
     return f"[{model}] echo: {prompt[:200]}"
+
+
+def answer_text(body: dict, messages: list[dict], model: str) -> str:
+    """The text of a normal answer: JSON for a requested schema, else the prompt's answer.
+
+    A seeded request (a forced refresh) says its temperature and seed, so a test sees that a
+    refresh really asked again; a schema's JSON stays bare so that it still parses.
+    """
+    structured = structured_text(body, last_user_text(messages))
+    if structured is not None:
+        return structured
+    text = mock_answer(messages, model)
+    if body.get("seed") is not None:
+        text += f" (t={body.get('temperature')}, seed={body['seed']})"
+    return text
 
 
 def count_tokens(text: str) -> int:
