@@ -25,6 +25,7 @@ from . import session
 from .jobs import DETAIL_DTYPES, MISSING_PROMPT, Generation, collection_paused
 from .prompts import check_system, column_slots, frame_slots
 from .schema import AnswerSchema
+from .spend import SpendEstimate, attach_cap, estimate
 from .sweep import Sweep
 
 __all__ = ["DETAIL_DTYPES", "MISSING_PROMPT", "MinimaFrameAccessor", "MinimaSeriesAccessor"]
@@ -76,7 +77,9 @@ class MinimaFrameAccessor:
                  max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                  details: bool = False, progress: Any = True, force_refresh: bool = False,
                  name: Hashable | None = None, schema: Any = None,
-                 schema_mode: str = "json") -> pd.Series | pd.DataFrame:
+                 schema_mode: str = "json", max_cost: float | None = None,
+                 price: Mapping[str, float] | None = None,
+                 max_tokens_total: int | None = None) -> pd.Series | pd.DataFrame:
         """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
 
         ``prompt`` is a column of strings or chat message lists, or a template such as
@@ -101,16 +104,45 @@ class MinimaFrameAccessor:
         ``schema_mode="prompt"`` puts the schema in the system message instead of
         ``response_format`` (for servers without it) and reads the JSON tolerantly.
 
+        ``max_cost`` (with ``price={"input": ..., "output": ...}`` per million tokens) and
+        ``max_tokens_total`` cap the spend: no new row is taken once the usage billed so far
+        plus the rows in flight would pass the cap, and the call ends with ``BudgetExceeded``
+        (a ``BatchAborted``: ``exc.partial`` holds every answered row, all cached).
+
         >>> df["answer"] = df.minima.generate("prompt")                          # doctest: +SKIP
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
                                _call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
         value, warning = job.run(backend, details=details, progress=progress,
                                  force_refresh=force_refresh)
         _warn(warning)
         return value
+
+    def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
+                 model: str | None = None, temperature: float | None = None,
+                 max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
+                 schema: Any = None, schema_mode: str = "json",
+                 price: Mapping[str, float] | None = None,
+                 tokenizer: str = "auto") -> SpendEstimate:
+        """What :meth:`generate` with these arguments would send and cost; sends nothing.
+
+        Rows, distinct prompts, how many are already cached (read from the cache), how many
+        would be sent, their input tokens (tiktoken when installed with its encoding on disk,
+        else 4 characters per token), the expected output tokens (the mean of this model's
+        cached answers, and ``max_tokens`` as the ceiling) and, with ``price={"input": 0.15,
+        "output": 0.60}`` (per million tokens), the cost range.
+
+        >>> print(df.minima.estimate("prompt", max_tokens=200, price={"input": 0.15, "output": 0.6}))  # doctest: +SKIP
+        """
+        job = self._generation(prompt, system, None,
+                               _call_params(model, temperature, max_tokens, extra), schema,
+                               schema_mode)
+        backend = session.get_backend() if backend is None else backend
+        hits = job.lookup(backend, False, text_only=True)
+        return estimate(backend, job.slots, hits, job.params, price, tokenizer)
 
     async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                         model: str | None = None, temperature: float | None = None,

@@ -235,6 +235,7 @@ class _Job:
 
     label = "minima"
     schema: AnswerSchema | None = None
+    cap: Any = None  # the engine's SpendCap when generate(max_cost=/max_tokens_total=) set one
 
     def __init__(
         self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
@@ -243,10 +244,14 @@ class _Job:
         self.params_of = params_of
 
     def guard(self, work: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
-        """The batch's coroutine with this call's schema check set around it."""
+        """The batch's coroutine with this call's schema check and spend cap set around it."""
+        if self.cap is not None:
+            from ..engine.budget import capped  # engine modules load on first use
+
+            work = capped(self.cap, work)
         if self.schema is None:
             return work
-        from ..engine.validation import with_check  # engine modules load on first use
+        from ..engine.validation import with_check
 
         return with_check(self.schema.check, work)
 
