@@ -54,11 +54,11 @@ class SpendCap:
         """The cost of that many tokens at this cap's prices."""
         return (input_tokens * self.price_in + output_tokens * self.price_out) / PER_MILLION
 
-    def spent(self, meter: BatchMeter) -> str:
+    def spent(self, input_tokens: int, output_tokens: int) -> str:
         """Spend so far against the cap, for the progress display."""
         if self.max_cost is not None:
-            return f"spent ${self.cost(meter.input_tokens, meter.output_tokens):,.4f} of ${self.max_cost:,.2f}"
-        return f"tokens {meter.input_tokens + meter.output_tokens:,} of {self.max_tokens_total:,}"
+            return f"spent ${self.cost(input_tokens, output_tokens):,.4f} of ${self.max_cost:,.2f}"
+        return f"tokens {input_tokens + output_tokens:,} of {self.max_tokens_total or 0:,}"
 
     def refusal(self, meter: BatchMeter, pending_rows: int) -> str | None:
         """Why the next row must not be taken (None: take it); ``pending_rows`` are taken, unanswered."""

@@ -111,6 +111,8 @@ class _Pool(Generic[T, R]):
         cached = bool(getattr(result, "cached", False))
         for _ in range(rows):
             self.meter.row_finished(cached=cached, failed=failed, error=result.message if failed else None)
+        self.meter.preview(str(getattr(result, "request_id", index)), getattr(result, "text", None),
+                           f"{result.error_type}: {result.message}" if failed else None)
         if not failed:
             return
         self.failures += 1

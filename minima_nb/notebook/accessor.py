@@ -79,7 +79,8 @@ class MinimaFrameAccessor:
                  name: Hashable | None = None, schema: Any = None,
                  schema_mode: str = "json", max_cost: float | None = None,
                  price: Mapping[str, float] | None = None,
-                 max_tokens_total: int | None = None) -> pd.Series | pd.DataFrame:
+                 max_tokens_total: int | None = None,
+                 preview: bool = True) -> pd.Series | pd.DataFrame:
         """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
 
         ``prompt`` is a column of strings or chat message lists, or a template such as
@@ -108,6 +109,7 @@ class MinimaFrameAccessor:
         ``max_tokens_total`` cap the spend: no new row is taken once the usage billed so far
         plus the rows in flight would pass the cap, and the call ends with ``BudgetExceeded``
         (a ``BatchAborted``: ``exc.partial`` holds every answered row, all cached).
+        ``preview=False`` hides the last answers and failures shown under the notebook bar.
 
         >>> df["answer"] = df.minima.generate("prompt")                          # doctest: +SKIP
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
@@ -116,6 +118,7 @@ class MinimaFrameAccessor:
                                _call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
         attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         value, warning = job.run(backend, details=details, progress=progress,
                                  force_refresh=force_refresh)
         _warn(warning)

@@ -22,6 +22,7 @@ from ..engine.progress import make_sink
 from ..errors import BatchAborted
 from ..types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 from . import session
+from .preview import prompt_resolver
 from .prompts import Messages
 from .schema import AnswerSchema
 from .typed import typed_result
@@ -178,11 +179,13 @@ def _run(
     label: str,
     cached_rows: int,
     guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
+    setup: Callable[[Any], Any] = lambda sink: sink,
 ) -> list[Any]:
     """Run one batch from sync code (a script or a kernel cell), drawing on this thread.
 
-    ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it)."""
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it);
+    ``setup`` prepares the sink (its preview and notes)."""
+    sink = _CloseOnCaller(setup(_sink(backend, progress, label)))
     status = "error"  # the batch's own closing status wins; this is for when it never closed
     try:
         from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
@@ -211,8 +214,9 @@ async def _arun(
     label: str,
     cached_rows: int,
     guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
+    setup: Callable[[Any], Any] = lambda sink: sink,
 ) -> list[Any]:
-    sink = _sink(backend, progress, label)
+    sink = setup(_sink(backend, progress, label))
     return await guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, True,
                                                                        cached_rows)))
 
@@ -236,6 +240,17 @@ class _Job:
     label = "minima"
     schema: AnswerSchema | None = None
     cap: Any = None  # the engine's SpendCap when generate(max_cost=/max_tokens_total=) set one
+    preview = True  # the live preview under the notebook bar (generate(preview=False) turns it off)
+
+    def setup_sink(self, sink: Any) -> Any:
+        """Give a sink that can show them the preview's prompts and the spend against the cap."""
+        configure = getattr(sink, "configure", None)
+        if callable(configure):
+            cap = self.cap
+            note = None if cap is None else (
+                lambda snapshot: cap.spent(snapshot.input_tokens, snapshot.output_tokens))
+            configure(preview=self.preview, prompt_of=prompt_resolver(self.slots), note=note)
+        return sink
 
     def __init__(
         self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
@@ -306,7 +321,8 @@ class _Job:
         hits, positions, requests, cached = self._prepare(backend, force_refresh, details)
         try:
             answers = _run(backend, requests, progress=progress, force_refresh=force_refresh,
-                           label=self.label, cached_rows=cached, guard=self.guard)
+                           label=self.label, cached_rows=cached, guard=self.guard,
+                           setup=self.setup_sink)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -325,7 +341,8 @@ class _Job:
                                                                      details)
         try:
             answers = await _arun(backend, requests, progress=progress, force_refresh=force_refresh,
-                                  label=self.label, cached_rows=cached, guard=self.guard)
+                                  label=self.label, cached_rows=cached, guard=self.guard,
+                                  setup=self.setup_sink)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
