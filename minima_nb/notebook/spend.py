@@ -62,8 +62,8 @@ class SpendEstimate:
 
         out = "?" if self.output_tokens is None else f"{self.output_tokens:,}"
         ceiling = "" if self.output_tokens_max is None else f" (at most {self.output_tokens_max:,})"
-        cost = ("no price given" if self.cost_low is None else
-                f"{money(self.cost_low)} to {money(self.cost_high)}")
+        high = money(self.cost_high) if self.cost_high is not None else "? (no max_tokens: no ceiling)"
+        cost = "no price given" if self.cost_low is None else f"{money(self.cost_low)} to {high}"
         return "\n".join([
             f"rows {self.rows:,} | distinct prompts {self.distinct_prompts:,} | already cached "
             f"{self.cached:,} | to send {self.to_send:,}",
