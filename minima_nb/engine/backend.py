@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
+from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function
 from ..config import MinimaLlmConfig
 from ..controls import debug_trace_enabled, get_retry_seed, set_last_cached, trace_exchange
 from ..errors import BatchAborted, CallError
@@ -59,6 +59,8 @@ class OpenAIMinimaLlm(PredecessorSpellings):
                               sleep=sleep, rng=rng)
         self._cache = PromptCache(config.cache_dir) if config.cache_dir else None
         self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
+        # A miss also looks in minima-llm's table, under model synonyms and in lookup caches.
+        self._adoption = Adoption.for_config(self._cache, config)
         self._refresh_rounds: dict[str, int] = {}
         self._params_spelled: dict[tuple[Any, ...], str] = {}
         self._pulse = BackendPulse()
@@ -89,6 +91,10 @@ class OpenAIMinimaLlm(PredecessorSpellings):
             if hit is not None:
                 set_last_cached(True)
                 return self._from_cache(request, hit, key, include_raw)
+            for (text, i_tok, o_tok, finish, latency, m, _), source in self._adopt([request], [model], [key]).values():
+                set_last_cached(True)
+                return self._cached_response(request.request_id, text, i_tok, o_tok, finish, latency, m,
+                                             key, include_raw, source)
         set_last_cached(False)
         return await self._call(request, model, key, refresh, include_raw)
 
@@ -120,6 +126,13 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         read = self._cache.get_texts if text_only else self._cache.get_many_rows
         found = read((k for k in keys if k is not None), count_misses=False)
         self._pulse.record_hits(len(found))
+        if self._adoption is not None and len(found) < len(keys):
+            name = model or self.config.model
+            adopted = self._adoption.find([Wanted(k, name, p, temperature, max_tokens, extra)
+                                           for k, p in zip(keys, prompts, strict=True) if k is not None and k not in found])
+            found.update({k: row[0] if text_only else row for k, (row, _) in adopted.items()})  # type: ignore[misc]
+            for _, source in adopted.values():
+                self._pulse.record_hits(1, source)
         return [None if key is None else found.get(key) for key in keys]
 
     async def run_batched(
@@ -151,15 +164,21 @@ class OpenAIMinimaLlm(PredecessorSpellings):
             first_of.setdefault(k, i)
         cache = self._cache
         hits: dict[str, tuple[Any, ...]] = {}
+        adopted: dict[str, tuple[tuple[Any, ...], str]] = {}
         if cache is not None and not refresh:
             hits = await self._bulk_lookup(cache, list(first_of))
+            if self._adoption is not None and len(hits) < len(first_of):
+                missed = [i for k, i in first_of.items() if k not in hits]
+                adopted = await asyncio.to_thread(self._adopt, [requests[i] for i in missed],
+                                                  [models[i] for i in missed], [keys[i] for i in missed])
+                hits.update({k: row for k, (row, _) in adopted.items()})
         by_key: dict[str, Any] = {}
         for k, i in first_of.items():
             if k in hits:
                 text, input_tokens, output_tokens, finish_reason, latency_s, model = hits[k][:6]
                 by_key[k] = self._cached_response(
                     requests[i].request_id, text, input_tokens, output_tokens, finish_reason,
-                    latency_s, model, k, include_raw,
+                    latency_s, model, k, include_raw, adopted[k][1] if k in adopted else "primary",
                 )
         todo = [i for k, i in first_of.items() if k not in hits]
 
@@ -192,6 +211,10 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
         return self._cache.stats() if self._cache is not None else {}
 
+    def _adopt(self, requests: Sequence[MinimaLlmRequest], models: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
+        """Misses answered by minima-llm's table, synonyms or lookup caches (cache/adoption.py)."""
+        return self._adoption.find_requests(requests, models, keys) if self._adoption is not None else {}
+
     async def aclose(self) -> None:
         """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
         await self._caller.aclose()
@@ -200,6 +223,8 @@ class OpenAIMinimaLlm(PredecessorSpellings):
 
     def close(self) -> None:
         """Release everything for good (cache file and trace file); call from sync code at the end."""
+        if self._adoption is not None:
+            self._adoption.close()
         if self._cache is not None:
             self._cache.close()
         if self._tracer is not None:
@@ -262,11 +287,11 @@ class OpenAIMinimaLlm(PredecessorSpellings):
     def _cached_response(
         self, request_id: str, text: str, input_tokens: int | None, output_tokens: int | None,
         finish_reason: str | None, latency_s: float | None, model: str | None, key: str,
-        include_raw: bool,
+        include_raw: bool, source: str = "primary",
     ) -> MinimaLlmResponse:
         # Only cache hits get here, so the cache is there; the check is for the type checker.
         raw = self._cache.get_raw(key) if include_raw and self._cache is not None else None
-        self._pulse.record_hits()
+        self._pulse.record_hits(1, source)
         return MinimaLlmResponse(
             request_id=request_id,
             text=text,
@@ -277,6 +302,7 @@ class OpenAIMinimaLlm(PredecessorSpellings):
             attempts=0,
             model=model,
             raw=raw,
+            cache_source=source,
         )
 
     def _payload(self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool) -> bytes:
