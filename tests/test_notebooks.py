@@ -196,9 +196,13 @@ class Kernel:
                 cell["idle"] = cell["idle"] or msg["content"]["execution_state"] == "idle"
             elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
                 cell["outputs"].append({"output_type": msg["msg_type"], **msg["content"]})
-        for _ in ids:
+        pending = set(ids)
+        while pending:
             reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT_S)
-            cells[reply["parent_header"]["msg_id"]]["status"] = reply["content"]["status"]
+            msg_id = reply["parent_header"].get("msg_id")
+            if msg_id in pending:  # a late kernel_info_reply from wait_for_ready's retries is not
+                pending.discard(msg_id)
+                cells[msg_id]["status"] = reply["content"]["status"]
         return [cells[i] for i in ids]
 
     def close(self) -> None:

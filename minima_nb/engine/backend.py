@@ -326,8 +326,7 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
         try:
             answer, latency, attempts = await send_checked(  # a schema check may ask again
-                self._caller.send, body, token_estimate,
-                lambda: self._payload(request, model, key, True), self.config.max_attempts)
+                self._caller, body, token_estimate, lambda: self._payload(request, model, key, True))
         except CallError as err:
             if debug_trace_enabled():
                 trace_exchange(request.request_id, body, f"{type(err).__name__}: {err}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import SchemaMismatch
 from .wire import ParsedAnswer
@@ -33,7 +33,13 @@ UNBOUNDED_ROUNDS = 6
 
 current_check: ContextVar[AnswerCheck | None] = ContextVar("minima_nb_answer_check", default=None)
 
-Send = Callable[[bytes, int], Awaitable[tuple[ParsedAnswer, float, int]]]
+class Sender(Protocol):
+    """What :func:`send_checked` needs of the caller: its send and its retry policy."""
+
+    policy: Any
+
+    def send(self, body: bytes, token_estimate: int) -> Awaitable[tuple[ParsedAnswer, float, int]]:
+        """The answer to ``body``, its latency and the attempts it took."""
 
 
 @contextmanager
@@ -53,19 +59,19 @@ async def with_check(check: AnswerCheck | None, work: Coroutine[Any, Any, T]) ->
 
 
 async def send_checked(
-    send: Send, body: bytes, token_estimate: int, refreshed_body: Callable[[], bytes],
-    max_attempts: int,
+    caller: Sender, body: bytes, token_estimate: int, refreshed_body: Callable[[], bytes],
 ) -> tuple[ParsedAnswer, float, int]:
-    """``send(body)``; while the current check refuses the answer, send ``refreshed_body()``.
+    """``caller.send(body)``; while the current check refuses the answer, send ``refreshed_body()``.
 
     Returns the accepted answer, its latency and the HTTP attempts spent on all rounds; raises
     :class:`SchemaMismatch` (with the last reason, and the start of the last answer as its
     ``body_snippet``) when ``max_attempts`` answers were refused.
     """
-    answer, latency, attempts = await send(body, token_estimate)
+    answer, latency, attempts = await caller.send(body, token_estimate)
     check = current_check.get()
     if check is None:
         return answer, latency, attempts
+    max_attempts = caller.policy.max_attempts
     rounds = max_attempts if max_attempts > 0 else UNBOUNDED_ROUNDS
     for round_ in range(1, rounds + 1):
         reason = check(answer.text)
@@ -77,6 +83,6 @@ async def send_checked(
                 attempts=attempts)
             err.body_snippet = answer.text[:300]
             raise err
-        answer, latency, more = await send(refreshed_body(), token_estimate)
+        answer, latency, more = await caller.send(refreshed_body(), token_estimate)
         attempts += more
     raise AssertionError("unreachable")  # the loop returns or raises on its last round
