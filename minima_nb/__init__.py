@@ -58,7 +58,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .compat import Cooldown, RpmGate
+    from .compat import Cooldown, PromptCache, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
     from .engine.pulse import BackendPulse, BackendStats
@@ -70,6 +70,7 @@ _LAZY = {
     "BackendPulse": ".engine.pulse",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
+    "PromptCache": ".compat",
     "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
     "open_cache": ".export",
@@ -115,6 +116,7 @@ __all__ = [
     "MinimaLlmResult",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
+    "PromptCache",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",
