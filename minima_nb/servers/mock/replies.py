@@ -17,11 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .structured import BAD_JSON, structured_text
+
 __all__ = [
-    "DSPY_REPLIES", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY",
-    "MOCK_MODELS", "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens",
-    "check_dspy_variant", "dspy_answer", "echo_credentials", "error_response", "json_response", "last_user_text", "mock_answer",
-    "openai_duration", "ratelimit_headers", "truncate",
+    "BAD_JSON", "DSPY_REPLIES", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY",
+    "MOCK_MODELS", "RATE_LIMITED", "TOKEN_LIMIT", "answer_text", "check_dspy_variant", "check_kinds",
+    "content_text", "count_tokens", "dspy_answer", "echo_credentials", "error_response", "json_response",
+    "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
 ]
 
 MOCK_MODELS = ("mock-model", "mock-model-large")
@@ -47,7 +49,7 @@ ERRORS_429 = {"429": RATE_LIMITED, "429-no-retry-after": RATE_LIMITED,
                "quota": ("You exceeded your current quota", "insufficient_quota",
                          "insufficient_quota")}
 MALFORMED_BODY = '{"id": "chatcmpl-mock", "object": "chat.completion", "choices": [{'
-FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429)
+FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429) | set(BAD_JSON)
                         | {"timeout", "drop", "malformed", "null", "empty"})
 
 
@@ -138,6 +140,24 @@ def dspy_answer(prompt: str, variant: str = "exact", *, seeded: bool = False) ->
         return "Sure! Here is my answer. " + "\n".join(parts) + "\n[[## completed ##]]"
     body = "".join(f"[[ ## {name} ## ]]\n{value}\n\n" for name, value in values)
     return body + "[[ ## completed ## ]]"
+
+
+def answer_text(body: dict, messages: list[dict], model: str, dspy_variant: str = "exact") -> str:
+    """The text of a normal answer: JSON for a requested schema, DSPy's chat format when the
+    prompt asks for it (in ``dspy_variant``), else the prompt's answer.
+
+    A seeded request (a forced refresh) says its temperature and seed, so a test sees that a
+    refresh really asked again; a schema's JSON stays bare so that it still parses.
+    """
+    structured = structured_text(body, last_user_text(messages))
+    if structured is not None:
+        return structured
+    text = dspy_answer(last_user_text(messages), dspy_variant, seeded=body.get("seed") is not None)
+    if text is None:
+        text = mock_answer(messages, model)
+    if body.get("seed") is not None:
+        text += f" (t={body.get('temperature')}, seed={body['seed']})"
+    return text
 
 
 def count_tokens(text: str) -> int:

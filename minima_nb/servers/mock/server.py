@@ -39,16 +39,17 @@ from typing import Any
 from aiohttp import web
 
 from .replies import (
+    BAD_JSON,
     ERRORS_429,
     FAULT_KINDS,
     MALFORMED_BODY,
     MOCK_MODELS,
     RATE_LIMITED,
+    answer_text,
     check_dspy_variant,
     check_kinds,
     content_text,
     count_tokens,
-    dspy_answer,
     echo_credentials,
     error_response,
     json_response,
@@ -329,16 +330,13 @@ class MockServer:
         return None
 
     def _answer(self, body: dict, headers: dict[str, str], *, content: Any = "",
-                choices: bool = True) -> web.Response:
-        """A chat.completion; ``content=None`` sends a null content, ``choices=False`` none."""
+                choices: bool = True, text: str | None = None) -> web.Response:
+        """A chat.completion; ``content=None`` sends a null content, ``choices=False`` none;
+        ``text`` replaces the usual answer (a scripted unusable JSON)."""
         model = str(body.get("model") or MOCK_MODELS[0])
         raw_messages = body.get("messages")
         messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
-        text = dspy_answer(last_user_text(messages), self._dspy_replies, seeded=body.get("seed") is not None)
-        if text is None:
-            text = mock_answer(messages, model)
-        if body.get("seed") is not None:
-            text += f" (t={body.get('temperature')}, seed={body['seed']})"
+        text = answer_text(body, messages, model, self._dspy_replies) if text is None else text
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         text, finish_reason = truncate(text, max_tokens)
         if content is not None:
@@ -377,6 +375,8 @@ class MockServer:
         if kind == "malformed":
             return web.Response(status=200, text=MALFORMED_BODY, content_type="application/json",
                                 headers=headers), 200
+        if kind in BAD_JSON:
+            return self._answer(body, headers, text=BAD_JSON[kind]), 200
         if kind in ("null", "empty"):
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)
