@@ -62,6 +62,14 @@ CHECKS = {
         "assert len(exported) == len(cache) == seeded.count()\n"
         'print("cache and parquet ok")'
     ),
+    "04_dspy_judge.ipynb": (
+        'assert list(judged.columns) == ["reasoning", "verdict", "score"]\n'
+        'assert judged.index.equals(qa.index) and str(judged["score"].dtype) == "Float64"\n'
+        'assert set(judged["verdict"].dropna()) <= {"correct", "incorrect"}\n'
+        'assert details["cached"].all() and details["error"].isna().all()\n'
+        'assert len(quick) == len(qa)\n'
+        'print("dspy judge ok")'
+    ),
 }
 
 
