@@ -28,6 +28,7 @@ from .controls import (
 from .errors import (
     AuthError,
     BatchAborted,
+    BudgetExceeded,
     CacheError,
     CallError,
     ClientError,
@@ -37,6 +38,7 @@ from .errors import (
     RateLimited,
     RequestTimeout,
     ResponseError,
+    SchemaMismatch,
     ServerError,
     StatusError,
     TransportError,
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
         cancel_all_local_batches,
         cancel_batch,
     )
-    from .compat import Cooldown, RpmGate
+    from .compat import Cooldown, PromptCache, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
     from .engine.pulse import BackendPulse, BackendStats
@@ -82,6 +84,7 @@ _LAZY = {
     "cancel_batch": ".batch",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
+    "PromptCache": ".compat",
     "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
     "open_cache": ".export",
@@ -113,6 +116,7 @@ __all__ = [
     "BatchJob",
     "BatchPendingResponse",
     "BatchSnapshot",
+    "BudgetExceeded",
     "CacheError",
     "CallError",
     "ClientError",
@@ -127,10 +131,12 @@ __all__ = [
     "MinimaLlmResult",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
+    "PromptCache",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",
     "RpmGate",
+    "SchemaMismatch",
     "ServerError",
     "StatusError",
     "TransportError",

@@ -13,7 +13,9 @@
     │   │   ├── ClientError               other 4xx
     │   │   └── AuthError                 401, 403, or an exhausted quota
     │   └── ResponseError                 2xx but an unusable body (bad JSON, null content)
+    │       └── SchemaMismatch            the answer never matched the requested schema
     └── BatchAborted                      failure budget exceeded; carries the partial results
+        └── BudgetExceeded                the spend cap (max_cost, max_tokens_total) was reached
 
 Errors are translated at the transport boundary: nothing above it sees aiohttp or httpx types.
 All of them pickle (Dask ships them between processes), so every constructor argument is kept
@@ -129,6 +131,16 @@ class ResponseError(CallError):
     retryable = True
 
 
+class SchemaMismatch(ResponseError):
+    """The answer did not validate against the requested schema, on every attempt.
+
+    Not retried by the transport's policy: the schema check already asked again (a refresh
+    with a new seed) up to ``max_attempts`` times. The message is the last validation error.
+    """
+
+    retryable = False
+
+
 class BatchAborted(MinimaError, RuntimeError):
     """The batch stopped early: too many failures, or an error every row would hit.
 
@@ -152,3 +164,13 @@ class BatchAborted(MinimaError, RuntimeError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BudgetExceeded(BatchAborted):
+    """The spend cap was reached: no new rows were taken once the billed usage so far plus the
+    requests in flight would have passed ``max_cost`` (or ``max_tokens_total``).
+
+    Like every ``BatchAborted`` it carries the rows that finished (``results``, and ``partial``
+    from ``df.minima.generate``); all of them are in the cache, so a second run with a higher
+    cap resumes where this one stopped.
+    """

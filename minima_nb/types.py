@@ -188,6 +188,9 @@ class BatchSnapshot:
     idle_s: float = 0.0
     mean_latency_s: float | None = None
     last_error: str | None = None
+    # The last few answers and failures, (request_id, text or reason), newest last: the preview.
+    recent_answers: tuple[tuple[str, str], ...] = ()
+    recent_failures: tuple[tuple[str, str], ...] = ()
 
     @property
     def fraction(self) -> float:

@@ -27,10 +27,50 @@ from minima_nb.config import ENV_VARS
 from minima_nb.testing import MockServer
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb", "05_batch_jobs.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb",
+             "04_dspy_judge.ipynb", "05_batch_jobs.ipynb"]
 WHERE_AM_I = "import sys\nprint(sys.executable, sys.prefix)"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CELL_TIMEOUT_S = 60
+# What each notebook is expected to leave behind, checked in its kernel after its last cell (the
+# notebooks a user reads end with their last useful cell, not with the suite's assertions).
+CHECKS = {
+    "01_quickstart.ipynb": (
+        'assert df["answer"].notna().all()\n'
+        "assert list(details.columns) == [\n"
+        '    "text", "cached", "error", "finish_reason", "input_tokens", "output_tokens",\n'
+        '    "attempts", "latency_s", "model",\n'
+        "]\n"
+        'assert again["cached"].all() and cities["blurb"].notna().all()\n'
+        'assert typed.dtypes.astype(str).to_dict() == {"answer": "string", "confident": "boolean",\n'
+        '                                              "score": "Int64"}\n'
+        "assert typed.notna().all().all()\n"
+        'est = more.minima.estimate("prompt")\n'
+        "assert (est.rows, est.cached, est.to_send) == (60, 50, 10)\n"
+        'print("quickstart ok")'
+    ),
+    "02_eval_sweep.ipynb": (
+        "assert len(runs) == len(qa) * len(MODELS) * 2\n"
+        'assert {"row", "model", "temperature", "max_tokens", "text", "error"} <= set(runs.columns)\n'
+        'assert runs["error"].isna().all()\n'
+        "assert wide.shape == (len(qa), len(MODELS) * 2)\n"
+        'print("eval sweep ok")'
+    ),
+    "03_cache_and_parquet.ipynb": (
+        "assert len(cache) >= len(df)\n"
+        'assert {"key", "model", "messages", "text", "created_at"} <= set(cache.columns)\n'
+        "assert len(exported) == len(cache) == seeded.count()\n"
+        'print("cache and parquet ok")'
+    ),
+    "04_dspy_judge.ipynb": (
+        'assert list(judged.columns) == ["reasoning", "verdict", "score"]\n'
+        'assert judged.index.equals(qa.index) and str(judged["score"].dtype) == "Float64"\n'
+        'assert set(judged["verdict"].dropna()) <= {"correct", "incorrect"}\n'
+        'assert details["cached"].all() and details["error"].isna().all()\n'
+        'assert len(quick) == len(qa)\n'
+        'print("dspy judge ok")'
+    ),
+}
 
 
 def _load_builder():
@@ -68,6 +108,11 @@ def _errors(nb) -> list[str]:
             if o.output_type == "error"]
 
 
+def _widget_models(nb, *names: str) -> list[dict]:
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    return [m["state"] for m in state.values() if m.get("model_name") in names]
+
+
 def _progress_bars(nb) -> list[dict]:
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     return [m["state"] for m in state.values()
@@ -82,17 +127,44 @@ def _assert_own_interpreter(where_am_i_output: str) -> None:
 def test_notebook_runs_clean_with_full_progress_bars(name, kernel_env, tmp_path):
     """The notebook runs without errors in this venv's kernel; every progress bar ends at 100 %."""
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    assert "assert" not in last.source, "a notebook ends with its last useful cell"
     nb.cells.insert(0, new_code_cell(WHERE_AM_I))
+    nb.cells.append(new_code_cell(CHECKS[name]))  # the suite's own expectations
     client = NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     _assert_own_interpreter(_text(nb.cells[0].outputs))
     assert _errors(nb) == []
-    assert _text(nb.cells[-1].outputs).strip().endswith("ok")  # the notebook's own checks
+    assert _text(nb.cells[-1].outputs).strip().endswith("ok")  # the suite's checks, above
     bars = _progress_bars(nb)
     assert bars, "no progress widget was saved"
     assert [(b["value"], b["max"]) for b in bars] == [(b["max"], b["max"]) for b in bars]
     assert bars[-1]["max"] > 0 and bars[-1].get("bar_style") in (None, "", "success")
+    # Under every bar, the preview of the last answers as they arrived (one line each).
+    previews = [m["value"] for m in _widget_models(nb, "HTMLModel") if "<pre" in m.get("value", "")]
+    assert previews and all("✓ " in value for value in previews)
+    # The final lines count requests actually sent and make up no rate.
+    postfixes = [m["value"].replace("\u2007", " ") for m in _widget_models(nb, "HTMLModel")
+                 if "requests" in m.get("value", "")]
+    assert postfixes and not any("? tok/s" in p for p in postfixes)
+
+
+def test_quickstart_shows_typed_answers_the_estimate_and_a_cached_rerun(kernel_env, tmp_path):
+    """What a reader of the quickstart sees: typed columns, an estimate, a cached re-run's line."""
+    nb = nbformat.read(NOTEBOOK_DIR / "01_quickstart.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    estimate_cell = next(c for c in nb.cells if "minima.estimate" in c.source)
+    shown = _text(estimate_cell.outputs)
+    assert "rows 60 | distinct prompts 60 | already cached 50 | to send 10" in shown
+    assert "cost $" in shown
+    typed_cell = next(c for c in nb.cells if "schema=verdict" in c.source)
+    assert "'score': Int64Dtype()" in _text(typed_cell.outputs)
+    postfixes = [m["value"].replace("\u2007", " ") for m in _widget_models(nb, "HTMLModel")
+                 if "requests" in m.get("value", "")]
+    # the cached re-run (third call): 50 rows from the cache, not one request
+    assert any("cached 50" in p and "0 requests" in p for p in postfixes)
 
 
 def test_committed_notebooks_are_unexecuted_and_match_builder():
@@ -133,9 +205,13 @@ class Kernel:
                 cell["idle"] = cell["idle"] or msg["content"]["execution_state"] == "idle"
             elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
                 cell["outputs"].append({"output_type": msg["msg_type"], **msg["content"]})
-        for _ in ids:
+        pending = set(ids)
+        while pending:
             reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT_S)
-            cells[reply["parent_header"]["msg_id"]]["status"] = reply["content"]["status"]
+            msg_id = reply["parent_header"].get("msg_id")
+            if msg_id in pending:  # a late kernel_info_reply from wait_for_ready's retries is not
+                pending.discard(msg_id)
+                cells[msg_id]["status"] = reply["content"]["status"]
         return [cells[i] for i in ids]
 
     def close(self) -> None:
@@ -210,3 +286,31 @@ def test_interrupted_generate_keeps_kernel_and_finished_rows(kernel, kernel_env)
     with sqlite3.connect(kernel_env / CACHE_FILENAME) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     assert 0 < rows < total
+
+
+def test_dspy_sync_and_async_calls_in_a_kernel(kernel):
+    """MinimaLlmDSPyLM in a real kernel: a sync call in a cell, top-level await, gather, .batch()."""
+    setup = _load_builder().SETUP + (
+        "\nimport asyncio, dspy\n"
+        "from minima_nb.dspy_adapter import MinimaLlmDSPyLM\n"
+        "class QA(dspy.Signature):\n"
+        "    question = dspy.InputField()\n"
+        "    answer = dspy.OutputField()\n"
+        "dspy.configure(lm=MinimaLlmDSPyLM(backend))"
+    )
+    cells = [
+        WHERE_AM_I,
+        setup,
+        'print("sync", dspy.Predict(QA)(question="What is 2+2?").answer)',
+        'r = await dspy.ChainOfThought(QA).acall(question="Capital of France?")\nprint("async", r.answer)',
+        'rs = await asyncio.gather(*[dspy.Predict(QA).acall(question=f"g{i}") for i in range(20)])\n'
+        'print("gather", sum(p.answer == f"answer for: g{i}" for i, p in enumerate(rs)))',
+        'ex = [dspy.Example(question=f"b{i}").with_inputs("question") for i in range(12)]\n'
+        'out = dspy.Predict(QA).batch(ex, num_threads=4, disable_progress_bar=True)\n'
+        'print("batch", len(out))',
+    ]
+    results = kernel.run_all(cells)
+    _assert_own_interpreter(_text(results[0]["outputs"]))
+    assert [r["status"] for r in results] == ["ok"] * len(cells), [r["outputs"] for r in results]
+    texts = [_text(r["outputs"]).strip() for r in results[2:]]
+    assert texts == ["sync 4", "async Paris", "gather 20", "batch 12"]

@@ -236,12 +236,13 @@ def test_bar_tracks_latest_snapshot():
     """The bar's n and total follow the newest snapshot; the postfix shows the live figures."""
     sink, clock = notebook_sink()
     sink.update(BatchSnapshot(total=50, done=3))
-    sink.update(BatchSnapshot(total=50, done=7, cached=4, failed=1, retrying=2, rpm=600.0))
+    sink.update(BatchSnapshot(total=50, done=7, cached=4, failed=1, retrying=2, sent=3, rpm=600.0))
     sink.draw()
     assert (sink.bar.n, sink.bar.total) == (7, 50)
     text = sink.bar.final_text()
     assert "7/50" in text
-    assert "cached 4, failed 1, retrying 2" in text and "600 req/min" in text
+    assert "cached 4, failed 1, retrying 2, 3 requests" in text
+    assert "req/min" not in text  # not a second of data yet: no rate is made up
 
 
 def test_bar_shows_output_tokens_per_second():

@@ -31,6 +31,7 @@ from .pool import ProgressArg, run_batched_callable
 from .pulse import BackendPulse
 from .spellings import PredecessorSpellings
 from .transport import Transport
+from .validation import send_checked
 from .wire import ParsedAnswer, build_payload, check_messages, encode
 
 CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
@@ -199,7 +200,7 @@ class OpenAIMinimaLlm(PredecessorSpellings):
             )
         except BatchAborted as aborted:
             by_key.update({keys[i]: r for i, r in zip(todo, aborted.results, strict=True) if r is not None})
-            raise BatchAborted(aborted.message, _spread(by_key, keys, requests)) from None
+            raise type(aborted)(aborted.message, _spread(by_key, keys, requests)) from None  # BudgetExceeded too
         finally:
             if self._cache is not None:
                 await self._cache.aflush()
@@ -321,12 +322,11 @@ class OpenAIMinimaLlm(PredecessorSpellings):
     async def _call(
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
     ) -> MinimaLlmResult:
-        if self._batch_collector is not None:  # inside batch_mode(): collected, not sent
-            return self._batch_collector.collect(request, model, key)
         body = self._payload(request, model, key, refresh)
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
         try:
-            answer, latency, attempts = await self._caller.send(body, token_estimate)
+            answer, latency, attempts = await send_checked(  # a schema check may ask again
+                self._caller, body, token_estimate, lambda: self._payload(request, model, key, True))
         except CallError as err:
             if debug_trace_enabled():
                 trace_exchange(request.request_id, body, f"{type(err).__name__}: {err}")

@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from ..types import BatchSnapshot
 
 RATE_WINDOW_S = 30.0
+PREVIEW_ROWS = 3  # answers and failures kept for the live preview
 
 
 class BatchMeter:
@@ -41,6 +42,15 @@ class BatchMeter:
         self.last_completion = self.started
         # (time, done) samples for the recent completion rate; bounded so memory stays flat.
         self._samples: deque[tuple[float, int]] = deque(maxlen=512)
+        self._answers: deque[tuple[str, str]] = deque(maxlen=PREVIEW_ROWS)
+        self._failures: deque[tuple[str, str]] = deque(maxlen=PREVIEW_ROWS)
+
+    def preview(self, request_id: str, text: str | None, error: str | None) -> None:
+        """Keep a finished row for the preview (O(1): only the last few are kept)."""
+        if error is not None:
+            self._failures.append((request_id, error))
+        elif text is not None:
+            self._answers.append((request_id, text))
 
     def row_finished(self, *, cached: bool = False, failed: bool = False, error: str | None = None) -> None:
         """Count one input row as finished."""
@@ -109,6 +119,8 @@ class BatchMeter:
             idle_s=now - self.last_completion,
             mean_latency_s=self.latency_sum / self.latency_n if self.latency_n else None,
             last_error=self.last_error,
+            recent_answers=tuple(self._answers),
+            recent_failures=tuple(self._failures),
         )
 
 

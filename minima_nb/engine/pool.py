@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ..config import BatchConfig
-from ..errors import BatchAborted
+from ..errors import BatchAborted, BudgetExceeded
 from ..types import MinimaLlmFailure
+from .budget import current_cap
 from .meter import BatchMeter, current_meter
 from .progress import ProgressSink, make_sink
 
@@ -84,11 +85,19 @@ class _Pool(Generic[T, R]):
         self.results: list[Any] = [_NOT_RUN] * len(items)
         self.next_index = 0
         self.failures = 0
+        self.finished = 0
         self.abort_reason: str | None = None
+        self.abort_type: type[BatchAborted] = BatchAborted
+        self.cap = current_cap.get()  # a spend cap set around this batch (generate(max_cost=))
 
     async def worker(self) -> None:
         current_meter.set(self.meter)  # this task's own context copy
         while self.abort_reason is None and self.next_index < len(self.items):
+            if self.cap is not None:
+                refusal = self.cap.refusal(self.meter, self.next_index - self.finished)
+                if refusal is not None:
+                    self.abort_reason, self.abort_type = refusal, BudgetExceeded
+                    break
             index = self.next_index
             self.next_index += 1
             result = await self.async_fn(self.items[index])
@@ -96,11 +105,14 @@ class _Pool(Generic[T, R]):
             self._count(index, result)
 
     def _count(self, index: int, result: Any) -> None:
+        self.finished += 1
         rows = self.weights[index] if self.weights is not None else 1
         failed = isinstance(result, MinimaLlmFailure)
         cached = bool(getattr(result, "cached", False))
         for _ in range(rows):
             self.meter.row_finished(cached=cached, failed=failed, error=result.message if failed else None)
+        self.meter.preview(str(getattr(result, "request_id", index)), getattr(result, "text", None),
+                           f"{result.error_type}: {result.message}" if failed else None)
         if not failed:
             return
         self.failures += 1
@@ -189,7 +201,7 @@ async def run_batched_callable(
             sink.update(meter.snapshot())
             sink.close(status)
     if pool.abort_reason is not None:
-        raise BatchAborted(pool.abort_reason, pool.finished_results())
+        raise pool.abort_type(pool.abort_reason, pool.finished_results())
     return pool.finished_results()
 
 

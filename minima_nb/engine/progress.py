@@ -215,6 +215,7 @@ class TextSink(SnapshotSink):
             f" | eta {format_duration(snapshot.eta_s)}"
             f" | tokens {snapshot.input_tokens:,} in / {snapshot.output_tokens:,} out"
             f" | mean latency {'?' if latency is None else f'{latency:.2f}s'}"
+            + (f" | last failure: {_short_error(snapshot.last_error)}" if snapshot.last_error else "")
         )
 
     def _summary_line(self, snapshot: BatchSnapshot, status: str) -> str:

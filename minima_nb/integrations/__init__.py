@@ -1,1 +1,6 @@
-"""Edges: minima_nb meeting other systems (provider batch APIs, ...). Each is a leaf package."""
+"""Edges to other systems (DSPy, provider batch APIs, ...): each in its own sub-package, imported only on demand.
+
+An edge may use every part of minima_nb; nothing in minima_nb imports an edge except the public
+faces (``minima_nb.dspy_adapter``, ``minima_nb.batch``), the CLI and the delegating methods (the accessor's, ``backend.batch_mode``), so a missing
+optional dependency only matters to the user who asked for that edge.
+"""

@@ -1,4 +1,4 @@
-"""The pandas accessor ``minima``: ``df.minima.generate("prompt")``, ``agenerate`` and ``sweep``.
+"""The pandas accessor ``minima``: ``df.minima.generate("prompt")``, ``agenerate``, ``sweep``, ``predict``.
 
 It owns the notebook-facing surface: the methods, their arguments and their documentation. A
 call turns a column (strings or chat message lists) or a ``{field}`` template into one prompt
@@ -22,10 +22,17 @@ from typing import Any
 import pandas as pd
 
 from . import session
-from .jobs import DETAIL_DTYPES, MISSING_PROMPT, Generation, Sweep, collection_paused
+from .jobs import DETAIL_DTYPES, MISSING_PROMPT, Generation, collection_paused
 from .prompts import check_system, column_slots, frame_slots
+from .schema import AnswerSchema
+from .spend import SpendEstimate, attach_cap, estimate
+from .sweep import Sweep
 
 __all__ = ["DETAIL_DTYPES", "MISSING_PROMPT", "MinimaFrameAccessor", "MinimaSeriesAccessor"]
+
+
+def _schema(schema: Any, mode: str) -> AnswerSchema | None:
+    return None if schema is None else AnswerSchema(schema, mode)
 
 
 def _warn(message: str | None) -> None:
@@ -84,17 +91,23 @@ class MinimaFrameAccessor:
         self._obj = pandas_obj
 
     def _generation(
-        self, prompt: str, system: str | None, name: Hashable | None, params: dict[str, Any]
+        self, prompt: str, system: str | None, name: Hashable | None, params: dict[str, Any],
+        schema: Any = None, schema_mode: str = "json",
     ) -> Generation:
         with collection_paused():
             slots, default_name = frame_slots(self._obj, prompt, system)
-        return Generation(slots, self._obj.index, default_name if name is None else name, params)
+        return Generation(slots, self._obj.index, default_name if name is None else name, params,
+                          _schema(schema, schema_mode))
 
     def generate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                  model: str | None = None, temperature: float | None = None,
                  max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                  details: bool = False, progress: Any = True, force_refresh: bool = False,
-                 name: Hashable | None = None, via: str = "live",
+                 name: Hashable | None = None, schema: Any = None,
+                 schema_mode: str = "json", max_cost: float | None = None,
+                 price: Mapping[str, float] | None = None,
+                 max_tokens_total: int | None = None,
+                 preview: bool = True, via: str = "live",
                  prefix: str | None = None) -> pd.Series | pd.DataFrame:
         """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
 
@@ -112,6 +125,20 @@ class MinimaFrameAccessor:
         frame of what finished (rows that never ran are ``<NA>``). Everything answered is in the
         cache, so running the same call again resumes.
 
+        ``schema`` (a pydantic model class or a JSON-schema dict) asks for typed answers: the
+        result is a DataFrame with one typed column per field (nested objects as dicts), plus
+        the details columns with ``details=True`` (``text`` is the raw answer). An answer that
+        does not validate is asked again (a refresh with a new seed, up to ``max_attempts``),
+        then is ``<NA>`` with the reason in ``error``; only validated answers are cached.
+        ``schema_mode="prompt"`` puts the schema in the system message instead of
+        ``response_format`` (for servers without it) and reads the JSON tolerantly.
+
+        ``max_cost`` (with ``price={"input": ..., "output": ...}`` per million tokens) and
+        ``max_tokens_total`` cap the spend: no new row is taken once the usage billed so far
+        plus the rows in flight would pass the cap, and the call ends with ``BudgetExceeded``
+        (a ``BatchAborted``: ``exc.partial`` holds every answered row, all cached).
+        ``preview=False`` hides the last answers and failures shown under the notebook bar.
+
         ``via="batch"`` sends the uncached rows as provider batch jobs (half price, up to 24 h)
         named ``prefix`` and waits for them; interrupting the wait leaves them running, and
         running the cell again reattaches (see :meth:`submit`).
@@ -120,10 +147,16 @@ class MinimaFrameAccessor:
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra))
+                               _call_params(model, temperature, max_tokens, extra), schema,
+                               schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         if via not in ("live", "batch"):
             raise ValueError(f"via={via!r}: use 'live' (the default) or 'batch' (provider batch jobs)")
         if via == "batch":
+            if schema is not None or max_cost is not None or max_tokens_total is not None:
+                raise ValueError("via='batch' does not take schema=, max_cost= or max_tokens_total= yet; "
+                                 "use the live path for those")
             batch = _submit_batch(job, backend, details=details, force_refresh=force_refresh, prefix=prefix)
             return batch.wait(progress=progress).result()
         value, warning = job.run(backend, details=details, progress=progress,
@@ -149,12 +182,35 @@ class MinimaFrameAccessor:
         return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
                                  on_interrupt=on_interrupt)
 
+    def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
+                 model: str | None = None, temperature: float | None = None,
+                 max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
+                 schema: Any = None, schema_mode: str = "json",
+                 price: Mapping[str, float] | None = None,
+                 tokenizer: str = "auto") -> SpendEstimate:
+        """What :meth:`generate` with these arguments would send and cost; sends nothing.
+
+        Rows, distinct prompts, how many are already cached (read from the cache), how many
+        would be sent, their input tokens (tiktoken when installed with its encoding on disk,
+        else 4 characters per token), the expected output tokens (the mean of this model's
+        cached answers, and ``max_tokens`` as the ceiling) and, with ``price={"input": 0.15,
+        "output": 0.60}`` (per million tokens), the cost range.
+
+        >>> print(df.minima.estimate("prompt", max_tokens=200, price={"input": 0.15, "output": 0.6}))  # doctest: +SKIP
+        """
+        job = self._generation(prompt, system, None,
+                               _call_params(model, temperature, max_tokens, extra), schema,
+                               schema_mode)
+        backend = session.get_backend() if backend is None else backend
+        hits = job.lookup(backend, False, text_only=True)
+        return estimate(backend, job.slots, hits, job.params, price, tokenizer)
+
     async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                         model: str | None = None, temperature: float | None = None,
                         max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                         details: bool = False, progress: Any = True,
-                        force_refresh: bool = False,
-                        name: Hashable | None = None) -> pd.Series | pd.DataFrame:
+                        force_refresh: bool = False, name: Hashable | None = None,
+                        schema: Any = None, schema_mode: str = "json") -> pd.Series | pd.DataFrame:
         """:meth:`generate` on the caller's event loop: ``out = await df.minima.agenerate("prompt")``.
 
         Same arguments and results. In a notebook prefer the sync :meth:`generate`: a cell that
@@ -163,21 +219,58 @@ class MinimaFrameAccessor:
         >>> answers = await df.minima.agenerate("prompt", progress=False)        # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra))
+                               _call_params(model, temperature, max_tokens, extra), schema,
+                               schema_mode)
         value, warning = await job.arun(backend, details=details, progress=progress,
                                         force_refresh=force_refresh)
         _warn(warning)
         return value
 
+    def predict(self, program: Any, *, inputs: Mapping[str, str] | None = None, details: bool = False,
+                progress: Any = True, backend: Any = None, force_refresh: bool = False) -> pd.DataFrame:
+        """Run a DSPy program on every row; a DataFrame with one column per output field.
+
+        ``program`` is any DSPy module (``dspy.Predict(Sig)``, ``dspy.ChainOfThought(Sig)``, your
+        own). Its input fields come from the same-named columns, or ``inputs={"field": "column"}``.
+        All rows run as one batch on the engine, with the progress display of :meth:`generate`.
+        A row that fails is ``<NA>`` (one warning counts them); ``details=True`` adds ``cached``,
+        ``error``, ``attempts``, ``input_tokens`` and ``output_tokens``. Every LM call is cached,
+        so running the same call again sends nothing. Needs ``pip install 'minima-nb[dspy]'``.
+
+        >>> out = df.minima.predict(dspy.ChainOfThought("question -> answer"))  # doctest: +SKIP
+        """
+        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        value, warning = job.run(details=details, progress=progress)
+        _warn(warning)
+        return value
+
+    async def apredict(self, program: Any, *, inputs: Mapping[str, str] | None = None,
+                       details: bool = False, progress: Any = True, backend: Any = None,
+                       force_refresh: bool = False) -> pd.DataFrame:
+        """:meth:`predict`, awaitable: ``out = await df.minima.apredict(program)``.
+
+        >>> out = await df.minima.apredict(dspy.Predict("question -> answer"))  # doctest: +SKIP
+        """
+        from ..integrations.dspy.frame import PredictJob
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        value, warning = await job.arun(details=details, progress=progress)
+        _warn(warning)
+        return value
+
     def sweep(self, prompt: str, *, backend: Any = None, system: str | None = None,
-              progress: Any = True, force_refresh: bool = False, **grid: Any) -> pd.DataFrame:
+              progress: Any = True, force_refresh: bool = False, schema: Any = None,
+              schema_mode: str = "json", **grid: Any) -> pd.DataFrame:
         """Answer every row under every combination of the ``grid``; one long DataFrame.
 
         Grid keys ``model``, ``temperature`` and ``max_tokens`` set those request fields; any
         other key (``top_p``, ``seed``...) is sent as an extra OpenAI parameter. Each value is a
         scalar or a list. Every (row, combination) pair goes into ONE batch (one cache, one
         rate limit). Columns: ``row`` (the original index label), ``model`` (the grid's, or the
-        backend's when not swept), the other grid keys, then the ``details=True`` columns.
+        backend's when not swept), the other grid keys, the typed columns of ``schema`` (as in
+        :meth:`generate`) when given, then the ``details=True`` columns.
 
         >>> runs = df.minima.sweep("prompt", model=["a", "b"], temperature=[0, 0.7])  # doctest: +SKIP
         >>> runs.pivot_table(index="row", columns=["model", "temperature"],
@@ -186,7 +279,7 @@ class MinimaFrameAccessor:
         backend = session.get_backend() if backend is None else backend
         row_slots, _ = frame_slots(self._obj, prompt, system)
         model = getattr(getattr(backend, "config", None), "model", None)
-        job = Sweep(self._obj, row_slots, grid, model)
+        job = Sweep(self._obj, row_slots, grid, model, _schema(schema, schema_mode))
         value, _ = job.run(backend, details=True, progress=progress, force_refresh=force_refresh)
         return value
 
@@ -204,12 +297,13 @@ class MinimaSeriesAccessor:
     def _generation(self, options: dict[str, Any]) -> tuple[Generation, dict[str, Any]]:
         params, run_options = _split_options(options)
         system, name = check_system(params.pop("system")), params.pop("name")
+        schema = _schema(params.pop("schema"), params.pop("schema_mode"))
         series = self._obj
         column = "<series>" if series.name is None else series.name
         with collection_paused():
             slots = column_slots(series.tolist(), series.index, column, system)
         return Generation(slots, series.index, series.name if name is None else name,
-                           params), run_options
+                           params, schema), run_options
 
     def generate(self, **options: Any) -> pd.Series | pd.DataFrame:
         """Answer each value (a string or a chat message list); see ``DataFrame.minima.generate``.
@@ -235,7 +329,8 @@ class MinimaSeriesAccessor:
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request and naming options, run options) from ``generate``'s keyword arguments."""
     run = {"backend": None, "details": False, "progress": True, "force_refresh": False}
-    params = {"system": None, "name": None, **_call_params(None, None, None, None)}
+    params = {"system": None, "name": None, "schema": None, "schema_mode": "json",
+              **_call_params(None, None, None, None)}
     unknown = sorted(set(options) - set(run) - set(params))
     if unknown:
         raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}; "

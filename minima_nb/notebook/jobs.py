@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,12 @@ from ..engine.progress import make_sink
 from ..errors import BatchAborted
 from ..types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 from . import session
+from .preview import prompt_resolver
 from .prompts import Messages
+from .schema import AnswerSchema
+from .typed import typed_result
 
-__all__ = ["DETAIL_DTYPES", "Generation", "MISSING_PROMPT", "PARTIAL_NOTE", "REQUEST_PARAMS", "Sweep",
+__all__ = ["DETAIL_DTYPES", "Generation", "MISSING_PROMPT", "PARTIAL_NOTE", "REQUEST_PARAMS",
            "collection_paused"]
 
 #: Columns of ``details=True`` frames, with their (nullable, Parquet-safe) dtypes.
@@ -176,14 +178,20 @@ def _run(
     force_refresh: bool,
     label: str,
     cached_rows: int,
+    guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
+    setup: Callable[[Any], Any] = lambda sink: sink,
 ) -> list[Any]:
-    """Run one batch from sync code (a script or a kernel cell), drawing on this thread."""
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    """Run one batch from sync code (a script or a kernel cell), drawing on this thread.
+
+    ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it);
+    ``setup`` prepares the sink (its preview and notes)."""
+    sink = _CloseOnCaller(setup(_sink(backend, progress, label)))
     status = "error"  # the batch's own closing status wins; this is for when it never closed
     try:
         from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
 
-        batch = backend.run_batched(requests, **_batch_options(force_refresh, sink, False, cached_rows))
+        batch = guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, False,
+                                                                     cached_rows)))
         results = run_sync(batch, on_poll=sink.draw)
         status = "done"
         return results
@@ -205,9 +213,12 @@ async def _arun(
     force_refresh: bool,
     label: str,
     cached_rows: int,
+    guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
+    setup: Callable[[Any], Any] = lambda sink: sink,
 ) -> list[Any]:
-    sink = _sink(backend, progress, label)
-    return await backend.run_batched(requests, **_batch_options(force_refresh, sink, True, cached_rows))
+    sink = setup(_sink(backend, progress, label))
+    return await guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, True,
+                                                                       cached_rows)))
 
 
 def _note_partial(exc: BatchAborted, partial: pd.DataFrame) -> None:
@@ -227,12 +238,37 @@ class _Job:
     """
 
     label = "minima"
+    schema: AnswerSchema | None = None
+    cap: Any = None  # the engine's SpendCap when generate(max_cost=/max_tokens_total=) set one
+    preview = True  # the live preview under the notebook bar (generate(preview=False) turns it off)
+
+    def setup_sink(self, sink: Any) -> Any:
+        """Give a sink that can show them the preview's prompts and the spend against the cap."""
+        configure = getattr(sink, "configure", None)
+        if callable(configure):
+            cap = self.cap
+            note = None if cap is None else (
+                lambda snapshot: cap.spent(snapshot.input_tokens, snapshot.output_tokens))
+            configure(preview=self.preview, prompt_of=prompt_resolver(self.slots), note=note)
+        return sink
 
     def __init__(
         self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
     ) -> None:
         self.slots = slots
         self.params_of = params_of
+
+    def guard(self, work: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+        """The batch's coroutine with this call's schema check and spend cap set around it."""
+        if self.cap is not None:
+            from ..engine.budget import capped  # engine modules load on first use
+
+            work = capped(self.cap, work)
+        if self.schema is None:
+            return work
+        from ..engine.validation import with_check
+
+        return with_check(self.schema.check, work)
 
     def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
         """(the pandas result, a warning to show or None) from one result per slot."""
@@ -285,7 +321,8 @@ class _Job:
         hits, positions, requests, cached = self._prepare(backend, force_refresh, details)
         try:
             answers = _run(backend, requests, progress=progress, force_refresh=force_refresh,
-                           label=self.label, cached_rows=cached)
+                           label=self.label, cached_rows=cached, guard=self.guard,
+                           setup=self.setup_sink)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -304,7 +341,8 @@ class _Job:
                                                                      details)
         try:
             answers = await _arun(backend, requests, progress=progress, force_refresh=force_refresh,
-                                  label=self.label, cached_rows=cached)
+                                  label=self.label, cached_rows=cached, guard=self.guard,
+                                  setup=self.setup_sink)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -320,13 +358,17 @@ class Generation(_Job):
         index: pd.Index,
         name: Hashable | None,
         params: dict[str, Any],
+        schema: AnswerSchema | None = None,
     ) -> None:
         extra = params.get("extra")
         if extra is not None and not isinstance(extra, Mapping):
             raise TypeError(f"extra must be a dict of OpenAI parameters, not {type(extra).__name__}")
         self.params = params = {k: _plain(v) for k, v in params.items()}
+        if schema is not None:  # the schema is asked for in extra (so keyed) or in the prompt
+            slots = schema.prompted(slots)
+            params["extra"] = schema.merged_extra(params.get("extra"))
         super().__init__(slots, lambda _: params)
-        self.index, self.name = index, name
+        self.index, self.name, self.schema = index, name, schema
 
     def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
         # Every row shares its request fields, so the backend can find the cached ones in bulk
@@ -338,6 +380,10 @@ class Generation(_Job):
         return bulk_lookup(self.slots, text_only=text_only, **self.params)
 
     def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
+        if self.schema is not None:
+            info = _details_frame(results, self.slots, self.index) if details else None
+            return typed_result(self.schema, results, _text, info, self.index,
+                                _failure_warning(results, self.slots))
         if details:
             return _details_frame(results, self.slots, self.index), None
         # Only the text is wanted: skip building the eight other columns (a cached re-run of a
@@ -345,56 +391,3 @@ class Generation(_Job):
         texts = [_text(r) for r in results]
         text = pd.Series(pd.array(texts, dtype=DETAIL_DTYPES["text"]), index=self.index, name=self.name)
         return text, _failure_warning(results, self.slots)
-
-
-def _grid_options(key: str, value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple, range, np.ndarray, pd.Index, pd.Series)):
-        options = list(value)
-        if not options:
-            raise ValueError(f"sweep: {key}= has no values; give a value or a non-empty list")
-        return options
-    return [value]
-
-
-def _combo_params(combo: dict[str, Any]) -> dict[str, Any]:
-    params = {k: _plain(combo[k]) for k in REQUEST_PARAMS if k in combo}
-    extra = {k: _plain(v) for k, v in combo.items() if k not in REQUEST_PARAMS and v is not None}
-    return {**params, "extra": extra or None}
-
-
-class Sweep(_Job):
-    """``sweep``: one slot per (row, grid combination), row by row, all in one batch."""
-
-    label = "minima sweep"
-
-    def __init__(
-        self,
-        frame: pd.DataFrame,
-        row_slots: Sequence[Messages | None],
-        grid: dict[str, Any],
-        model: str | None,
-    ) -> None:
-        clash = sorted(set(grid) & ({"row", *DETAIL_DTYPES} - {"model"}))
-        if clash:
-            raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
-        self.keys = list(grid)
-        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
-        self.configured_model = model
-        self.rows = frame.index.repeat(len(self.combos))
-        width = len(self.combos)
-        slots = [messages for messages in row_slots for _ in range(width)]
-        super().__init__(slots, lambda p: _combo_params(self._combo(p)))
-
-    def _combo(self, position: int) -> dict[str, Any]:
-        return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))
-
-    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
-        combos = [self._combo(p) for p in range(len(self.slots))]
-        columns: dict[str, Any] = {"row": self.rows}
-        columns["model"] = [c.get("model") or self.configured_model for c in combos]
-        for key in self.keys:
-            if key != "model":
-                columns[key] = [c[key] for c in combos]
-        grid = pd.DataFrame(columns)
-        info = _details_frame(results, self.slots, grid.index).drop(columns="model")
-        return pd.concat([grid, info], axis=1), None

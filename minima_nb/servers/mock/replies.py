@@ -3,22 +3,27 @@
 ``testing.MockServer`` owns the sockets, the scripted and random faults and the rate window;
 this module owns the replies themselves, so their wording and headers can be read (and tested)
 in one place: the error body per HTTP status, the fault kinds a test may script, the answer a
-prompt gets (a few known facts, else an echo), the crude token count and OpenAI's duration
-format for the reset headers.
+prompt gets (a few known facts, DSPy's chat format when the prompt asks for it, else an echo),
+the crude token count and OpenAI's duration format for the reset headers.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
+from .structured import BAD_JSON, structured_text
+
 __all__ = [
-    "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
-    "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens", "error_response",
-    "drop_connection", "echo_credentials", "handle_models", "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
+    "BAD_JSON", "DSPY_REPLIES", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY",
+    "MOCK_MODELS", "RATE_LIMITED", "TOKEN_LIMIT", "answer_text", "check_dspy_variant", "check_kinds",
+    "content_text", "count_tokens", "drop_connection", "dspy_answer", "echo_credentials", "error_response", "handle_models", "json_response",
+    "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
 ]
 
 MOCK_MODELS = ("mock-model", "mock-model-large")
@@ -44,7 +49,7 @@ ERRORS_429 = {"429": RATE_LIMITED, "429-no-retry-after": RATE_LIMITED,
                "quota": ("You exceeded your current quota", "insufficient_quota",
                          "insufficient_quota")}
 MALFORMED_BODY = '{"id": "chatcmpl-mock", "object": "chat.completion", "choices": [{'
-FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429)
+FAULT_KINDS = frozenset({str(status) for status in ERRORS} | set(ERRORS_429) | set(BAD_JSON)
                         | {"timeout", "drop", "malformed", "null", "empty"})
 
 
@@ -72,6 +77,87 @@ def mock_answer(messages: list[dict], model: str) -> str:
     if prompt in KNOWN_ANSWERS:
         return KNOWN_ANSWERS[prompt]
     return f"[{model}] echo: {prompt[:200]}"
+
+
+# -- DSPy's chat format ---------------------------------------------------------------------
+# DSPy's ChatAdapter ends the user message with "Respond with the corresponding output fields,
+# starting with the field `[[ ## a ## ]]`, then `[[ ## b ## ]]` (must be formatted as a valid
+# Python float), and then ending with the marker for `[[ ## completed ## ]]`." The mock reads the
+# output fields (and their types) from that sentence and answers each one deterministically.
+#   exact             every field under its header, as DSPy writes them
+#   sloppy            what models really write: a preamble, headers without inner spaces and
+#                     capitalised, a field mid-line, "4/5" for a score (TolerantChatAdapter only)
+#   missing           the last output field left out (no parser can succeed)
+#   missing-unseeded  "missing" unless the request carries a seed (a forced-refresh retry)
+DSPY_REPLIES = ("exact", "sloppy", "missing", "missing-unseeded")
+_DSPY_ASK = re.compile(r"Respond with the corresponding output fields, starting with the field (.*?), "
+                       r"and then ending with the marker for `\[\[ ## completed ## \]\]`", re.S)
+_DSPY_FIELD = re.compile(r"`\[\[ ## (\w+) ## \]\]`(?: \(must be formatted as a valid Python ([^)]*)\))?")
+_DSPY_INPUT = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", re.S)
+
+
+def _dspy_value(name: str, kind: str, first_input: str, digest: int) -> str:
+    optional = re.fullmatch(r"(?:Optional\[(.*)\]|(.*?) \| None)", kind)
+    if optional:
+        kind = optional.group(1) or optional.group(2)
+    if kind in ("float", "int"):
+        score = 1 + digest % 5
+        return f"{score}.0" if kind == "float" else str(score)
+    if kind == "bool":
+        return "True" if digest % 2 == 0 else "False"
+    options = re.findall(r"'([^']*)'|\"([^\"]*)\"", kind) if kind.startswith("Literal") else []
+    if options:
+        values = [a or b for a, b in options]
+        return values[digest % len(values)]
+    if kind.startswith("list"):
+        return json.dumps([f"{name} 1", f"{name} 2"])
+    if kind:
+        return "{}"
+    if name == "reasoning":
+        return f"Considering: {first_input[:80]}"
+    return KNOWN_ANSWERS.get(first_input.strip(), f"{name} for: {first_input[:80]}")
+
+
+def dspy_answer(prompt: str, variant: str = "exact", *, seeded: bool = False) -> str | None:
+    """DSPy chat-format completion for a prompt that asks for one (else None), in ``variant``."""
+    ask = _DSPY_ASK.search(prompt)
+    if ask is None:
+        return None
+    fields = [(name, kind or "") for name, kind in _DSPY_FIELD.findall(ask.group(1))]
+    inputs = [value.strip() for name, value in _DSPY_INPUT.findall(prompt[: ask.start()])]
+    first_input = inputs[0] if inputs else ""
+    digest = zlib.crc32("\n".join(inputs).encode())
+    values = [(name, _dspy_value(name, kind, first_input, digest)) for name, kind in fields]
+    if variant == "missing-unseeded":
+        variant = "exact" if seeded else "missing"
+    if variant == "missing":
+        values = values[:-1]
+    if variant == "sloppy":
+        parts = []
+        for i, (name, value) in enumerate(values):
+            shown = f"{value.split('.')[0]}/5" if fields[i][1] in ("float", "int") else value
+            parts.append(f"[[## {name.capitalize()} ##]] {shown}" if i % 2 else f"[[## {name.upper()} ##]]\n{shown}")
+        return "Sure! Here is my answer. " + "\n".join(parts) + "\n[[## completed ##]]"
+    body = "".join(f"[[ ## {name} ## ]]\n{value}\n\n" for name, value in values)
+    return body + "[[ ## completed ## ]]"
+
+
+def answer_text(body: dict, messages: list[dict], model: str, dspy_variant: str = "exact") -> str:
+    """The text of a normal answer: JSON for a requested schema, DSPy's chat format when the
+    prompt asks for it (in ``dspy_variant``), else the prompt's answer.
+
+    A seeded request (a forced refresh) says its temperature and seed, so a test sees that a
+    refresh really asked again; a schema's JSON stays bare so that it still parses.
+    """
+    structured = structured_text(body, last_user_text(messages))
+    if structured is not None:
+        return structured
+    text = dspy_answer(last_user_text(messages), dspy_variant, seeded=body.get("seed") is not None)
+    if text is None:
+        text = mock_answer(messages, model)
+    if body.get("seed") is not None:
+        text += f" (t={body.get('temperature')}, seed={body['seed']})"
+    return text
 
 
 def count_tokens(text: str) -> int:
@@ -165,3 +251,9 @@ async def handle_models(request: web.Request) -> web.Response:
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "minima-nb"}
             for name in MOCK_MODELS]
     return json_response(200, {"object": "list", "data": data}, {})
+
+
+def check_dspy_variant(variant: str) -> str:
+    if variant not in DSPY_REPLIES:
+        raise ValueError(f"unknown dspy_replies {variant!r}; known: {list(DSPY_REPLIES)}")
+    return variant

@@ -12,6 +12,10 @@ the next request will be admitted again. ``rate_window_s`` enforces the same per
 over a shorter window (as OpenAI does: "60 rpm" may be enforced as 1 request per second), so a
 storm test does not need minutes.
 
+A prompt in DSPy's chat format (it asks for ``[[ ## field ## ]]`` output fields) is answered in
+that format, one deterministic value per field; ``dspy_replies`` picks a well-formed,
+sloppy-but-readable or incomplete variant for the parser tests (``replies.DSPY_REPLIES``).
+
 Further fault modes for the reliability suite: ``max_body_bytes`` answers 413 to larger bodies,
 ``redirect_to`` answers every chat request with a redirect elsewhere, and ``echo_credentials``
 quotes the received Authorization header in every error body (as some servers and proxies do).
@@ -39,11 +43,14 @@ from aiohttp import web
 from .batches import BatchStore
 from .files import FileStore
 from .replies import (
+    BAD_JSON,
     ERRORS_429,
     FAULT_KINDS,
     MALFORMED_BODY,
     MOCK_MODELS,
     RATE_LIMITED,
+    answer_text,
+    check_dspy_variant,
     check_kinds,
     content_text,
     count_tokens,
@@ -83,7 +90,8 @@ class MockServer:
                  clock: Callable[[], float] = time.monotonic, rate_window_s: float = _WINDOW_S,
                  max_body_bytes: int | None = None, redirect_to: str | None = None,
                  redirect_status: int = 307, echo_credentials: bool = False,
-                 batch_time_scale: float = 3600.0, batch_run_s: float = 600.0) -> None:
+                 batch_time_scale: float = 3600.0, batch_run_s: float = 600.0,
+                 dspy_replies: str = "exact") -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
         if rate_window_s <= 0:
@@ -98,6 +106,7 @@ class MockServer:
         self._rate_window_s, self._max_body_bytes = rate_window_s, max_body_bytes
         self._redirect = (redirect_status, redirect_to) if redirect_to else None
         self._echo_credentials = echo_credentials
+        self._dspy_replies = check_dspy_variant(dspy_replies)
         self._lock = threading.Lock()  # handlers run on the server loop, tests read elsewhere
         self._scripts: dict[str, deque[str]] = {}
         self._window: deque[float] = deque()
@@ -142,6 +151,10 @@ class MockServer:
             raise ValueError(f"rate_limit must be a positive number of requests/minute, got {rpm}")
         with self._lock:
             self._rate_limit = rpm
+
+    def set_dspy_replies(self, variant: str) -> None:
+        """Answer DSPy chat-format prompts in ``variant`` from now on (see ``replies.DSPY_REPLIES``)."""
+        self._dspy_replies = check_dspy_variant(variant)
 
     def reset_counts(self) -> None:
         """Zero every counter (scripts and the rate-limit window are kept)."""
@@ -331,14 +344,13 @@ class MockServer:
         return None
 
     def _answer(self, body: dict, headers: dict[str, str], *, content: Any = "",
-                choices: bool = True) -> web.Response:
-        """A chat.completion; ``content=None`` sends a null content, ``choices=False`` none."""
+                choices: bool = True, text: str | None = None) -> web.Response:
+        """A chat.completion; ``content=None`` sends a null content, ``choices=False`` none;
+        ``text`` replaces the usual answer (a scripted unusable JSON)."""
         model = str(body.get("model") or MOCK_MODELS[0])
         raw_messages = body.get("messages")
         messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
-        text = mock_answer(messages, model)
-        if body.get("seed") is not None:
-            text += f" (t={body.get('temperature')}, seed={body['seed']})"
+        text = answer_text(body, messages, model, self._dspy_replies) if text is None else text
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         text, finish_reason = truncate(text, max_tokens)
         if content is not None:
@@ -377,6 +389,8 @@ class MockServer:
         if kind == "malformed":
             return web.Response(status=200, text=MALFORMED_BODY, content_type="application/json",
                                 headers=headers), 200
+        if kind in BAD_JSON:
+            return self._answer(body, headers, text=BAD_JSON[kind]), 200
         if kind in ("null", "empty"):
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)

@@ -1,0 +1,92 @@
+"""``sweep``: every row under every combination of a grid of request fields, as one batch.
+
+A :class:`Sweep` is a job (``jobs.py``) with one slot per (row, combination), row by row, so
+every pair shares one cache, one rate limit and one progress bar. Grid keys ``model``,
+``temperature`` and ``max_tokens`` set those request fields; any other key is an extra OpenAI
+parameter. The result is one long frame: the row's label, the grid values, the typed columns of
+a ``schema=`` if one was given, then the details columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .jobs import DETAIL_DTYPES, REQUEST_PARAMS, _details_frame, _Job, _plain, _text
+from .prompts import Messages
+from .schema import AnswerSchema
+from .typed import typed_details
+
+__all__ = ["Sweep"]
+
+
+def _grid_options(key: str, value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple, range, np.ndarray, pd.Index, pd.Series)):
+        options = list(value)
+        if not options:
+            raise ValueError(f"sweep: {key}= has no values; give a value or a non-empty list")
+        return options
+    return [value]
+
+
+def _combo_params(combo: dict[str, Any]) -> dict[str, Any]:
+    params = {k: _plain(combo[k]) for k in REQUEST_PARAMS if k in combo}
+    extra = {k: _plain(v) for k, v in combo.items() if k not in REQUEST_PARAMS and v is not None}
+    return {**params, "extra": extra or None}
+
+
+class Sweep(_Job):
+    """``sweep``: one slot per (row, grid combination), row by row, all in one batch."""
+
+    label = "minima sweep"
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        row_slots: Sequence[Messages | None],
+        grid: dict[str, Any],
+        model: str | None,
+        schema: AnswerSchema | None = None,
+    ) -> None:
+        clash = sorted(set(grid) & ({"row", *DETAIL_DTYPES, *(schema.fields if schema else ())}
+                                    - {"model"}))
+        if clash:
+            raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
+        self.keys = list(grid)
+        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
+        self.configured_model = model
+        self.rows = frame.index.repeat(len(self.combos))
+        width = len(self.combos)
+        slots = [messages for messages in row_slots for _ in range(width)]
+        self.schema = schema
+        if schema is not None:
+            slots = schema.prompted(slots)
+
+            def params_of(p: int) -> dict[str, Any]:
+                params = _combo_params(self._combo(p))
+                return {**params, "extra": schema.merged_extra(params["extra"])}
+        else:
+            def params_of(p: int) -> dict[str, Any]:
+                return _combo_params(self._combo(p))
+        super().__init__(slots, params_of)
+
+    def _combo(self, position: int) -> dict[str, Any]:
+        return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))
+
+    def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
+        combos = [self._combo(p) for p in range(len(self.slots))]
+        columns: dict[str, Any] = {"row": self.rows}
+        columns["model"] = [c.get("model") or self.configured_model for c in combos]
+        for key in self.keys:
+            if key != "model":
+                columns[key] = [c[key] for c in combos]
+        grid = pd.DataFrame(columns)
+        info = _details_frame(results, self.slots, grid.index).drop(columns="model")
+        if self.schema is not None:
+            typed, info = typed_details(self.schema, results, _text, info)
+            return pd.concat([grid, typed, info], axis=1), None
+        return pd.concat([grid, info], axis=1), None
