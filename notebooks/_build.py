@@ -387,15 +387,19 @@ def batch_jobs() -> list:
         new_markdown_cell("## The jobs of this cache\n\n`minima_nb.batch_jobs()`; `job.cancel()` and "
                           "`minima-nb batch cancel JOB` cancel one, keeping its partial output."),
         new_code_cell("minima_nb.batch_jobs()[[\"job_id\", \"prefix\", \"state\", \"done\", \"failed\"]]"),
+        new_markdown_cell("## The live path, for comparison\n\nThe same call without `via` sends the "
+                          "uncached rows at once (full price, answers in seconds)."),
+        new_code_cell(
+            'live = pd.DataFrame({"prompt": [f"Name a fruit that starts with {c}." for c in "abcdefgh"]})\n'
+            'live["answer"] = live.minima.generate("prompt")\n'
+            "live.head()"
+        ),
         new_markdown_cell("## Afterwards, plain `generate()` sends nothing\n\nThe answers are in the cache."),
         new_code_cell(
             "server.reset_counts()\n"
             'again = df.minima.generate("prompt")\n'
-            "assert again.equals(df[\"answer\"]) and server.requests_total == 0\n"
-            "assert more[\"answer\"].notna().all() and details[\"error\"].notna().sum() == 2\n"
-            "assert set(minima_nb.batch_jobs()[\"state\"]) == {\"completed\"}\n"
-            "server.stop()\n"
-            'print("batch jobs ok")'
+            "print(server.requests_total, \"requests sent\")\n"
+            "again.head()"
         ),
     ]
 

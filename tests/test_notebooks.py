@@ -35,6 +35,13 @@ CELL_TIMEOUT_S = 60
 # What each notebook is expected to leave behind, checked in its kernel after its last cell (the
 # notebooks a user reads end with their last useful cell, not with the suite's assertions).
 CHECKS = {
+    "05_batch_jobs.ipynb": (
+        'assert again.equals(df["answer"]) and server.requests_total == 0\n'
+        'assert more["answer"].notna().all() and details["error"].notna().sum() == 2\n'
+        'assert set(minima_nb.batch_jobs()["state"]) == {"completed"}\n'
+        "server.stop()\n"
+        'print("batch jobs ok")'
+    ),
     "01_quickstart.ipynb": (
         'assert df["answer"].notna().all()\n'
         "assert list(details.columns) == [\n"
