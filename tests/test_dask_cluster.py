@@ -1,0 +1,136 @@
+"""``ddf.minima`` on a real ``LocalCluster`` of 2 worker processes, against the mock over a socket.
+
+One cluster serves the module (starting one takes seconds). Covered: the same results as the
+pandas accessor, the API key absent from the pickled graph and from the scheduler's state, a
+worker without a key, ``share_key``, the engine closed when a worker stops.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import cloudpickle
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+from _mock_backend import close_backend, make_backend
+from distributed import Client, LocalCluster, wait
+
+import minima_nb.dask as mdask
+from minima_nb.testing import MockServer
+
+KEY = "sk-dask-test-7f3a9c1e"
+KEY_ENV = "MINIMA_DASK_TEST_KEY"
+
+
+def local_cluster(n_workers: int = 2) -> LocalCluster:
+    return LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1,
+                        host="127.0.0.1", dashboard_address=":0")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with MockServer(require_api_key=KEY, latency_s=0.005) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client():
+    """2 worker processes that inherit KEY_ENV from this process's environment."""
+    os.environ[KEY_ENV] = KEY
+    try:
+        with local_cluster() as cluster, Client(cluster) as c:
+            yield c
+    finally:
+        os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture
+def llm(server, tmp_path):
+    server.reset_counts()
+    backend = make_backend(server, tmp_path / "cache", api_key=KEY)
+    yield backend
+    close_backend(backend)
+
+
+def frame(n: int) -> pd.DataFrame:
+    prompts = [f"cluster question {i}" for i in range(n)]
+    prompts[1] = None
+    return pd.DataFrame({"prompt": prompts}, index=[(i * 37) % 101 for i in range(n)])
+
+
+def scheduler_state(dask_scheduler) -> bytes:
+    """Everything the scheduler keeps that could hold a secret, pickled (run on the scheduler)."""
+    import cloudpickle
+
+    parts = [repr(vars(dask_scheduler)).encode()]
+    for ts in dask_scheduler.tasks.values():
+        parts.append(cloudpickle.dumps(ts.run_spec))
+    parts.append(cloudpickle.dumps(dict(dask_scheduler.worker_plugins)))
+    parts.append(cloudpickle.dumps(dask_scheduler.get_events()))
+    parts.append(repr(dask_scheduler.plugins).encode())
+    return b"".join(parts)
+
+
+def test_same_results_as_pandas_on_two_worker_processes(client, server, llm):
+    """Two worker processes answer every row; the result equals the pandas accessor's, in order."""
+    df = frame(60)
+    ddf = dd.from_pandas(df, npartitions=6, sort=False)
+    answers = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV)
+    wide = ddf.minima.generate("Q: {prompt}", backend=llm, key_env=KEY_ENV, details=True)
+    assert server.requests_total == 0  # lazy
+    got, got_wide = mdask.compute(answers, wide, progress=False)
+    want = df.minima.generate("prompt", backend=llm, progress=False)
+    pd.testing.assert_series_equal(got, want)
+    assert list(got_wide.index) == list(df.index) and got_wide["cached"].sum() == 0
+    assert got_wide["error"].dropna().tolist() == ["missing prompt"]
+    workers = {w for w in client.run(lambda: len(__import__("minima_nb.integrations.dask.worker",
+                                                            fromlist=["_"])._engines)).values()}
+    assert workers == {1} or workers == {1, 2}  # an engine per process, reused across partitions
+
+
+def test_key_never_in_graph_nor_scheduler(client, server, llm):
+    """The pickled graph, the expression and the scheduler's state hold no trace of the key."""
+    ddf = dd.from_pandas(frame(40), npartitions=4, sort=False)
+    answers = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV, rpm=6000)
+    assert KEY.encode() not in cloudpickle.dumps(dict(answers.__dask_graph__()))
+    assert KEY.encode() not in pickle.dumps(answers.expr)
+    held = answers.persist()
+    wait(held)
+    assert KEY.encode() not in client.run_on_scheduler(scheduler_state)
+    assert held.compute().notna().sum() == 39
+    assert server.responses_by_status == {200: 39}  # the workers did send the key
+
+
+def test_worker_without_key_fails_rows_with_how_to_fix(client, server, llm):
+    """Workers without the variable fail every row saying how to give them a key; share_key fixes it."""
+    env = "MINIMA_DASK_UNSET_KEY"
+    ddf = dd.from_pandas(frame(20), npartitions=4, sort=False)
+    out = mdask.compute(ddf.minima.generate("prompt", backend=llm, key_env=env, details=True),
+                        progress=False)
+    errors = out["error"].dropna()
+    failed = errors[errors != "missing prompt"]
+    assert len(failed) == 19 and out["text"].isna().all() and server.requests_total == 0
+    assert failed.str.contains(f"no API key on this worker .*{env}.*share_key", regex=True).all()
+    where = mdask.share_key(client, KEY, env=env)
+    assert env in where and "never through the scheduler" in where
+    assert KEY.encode() not in client.run_on_scheduler(scheduler_state)
+    again = mdask.compute(ddf.minima.generate("prompt", backend=llm, key_env=env), progress=False)
+    assert again.notna().sum() == 19 and server.responses_by_status == {200: 19}
+
+
+def test_engine_closed_when_worker_stops(server, tmp_path, capfd):
+    """Closing a cluster closes each worker's engine: no "Unclosed client session" from aiohttp."""
+    backend = make_backend(server, tmp_path / "cache", api_key=KEY)
+    os.environ[KEY_ENV] = KEY
+    try:
+        with local_cluster(1) as cluster, Client(cluster):
+            ddf = dd.from_pandas(frame(10), npartitions=2, sort=False)
+            out = ddf.minima.generate("prompt", backend=backend, key_env=KEY_ENV).compute()
+            assert out.notna().sum() == 9
+    finally:
+        os.environ.pop(KEY_ENV, None)
+        close_backend(backend)
+    captured = capfd.readouterr()
+    assert "Unclosed" not in captured.err + captured.out
