@@ -8,9 +8,11 @@ worker without a key, ``share_key``, the engine closed when a worker stops.
 from __future__ import annotations
 
 import os
+import time
 import pickle
 
 import cloudpickle
+import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
@@ -134,3 +136,39 @@ def test_engine_closed_when_worker_stops(server, tmp_path, capfd):
         close_backend(backend)
     captured = capfd.readouterr()
     assert "Unclosed" not in captured.err + captured.out
+
+
+class Arrivals:
+    """The mock's clock, recording when each request reached it (its rate check reads the clock)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        self.times.append(now)
+        return now
+
+    def share_used(self, rpm: int) -> float:
+        """Requests per minute between the first and the last arrival, as a share of ``rpm``."""
+        span = self.times[-1] - self.times[0]
+        return (len(self.times) - 1) / span * 60.0 / rpm
+
+
+@pytest.mark.parametrize("sizes", [[10] * 10, [40, 15, 15, 15, 15]], ids=["even", "skewed"])
+def test_global_budget_no_429_and_budget_used(client, tmp_path, sizes):
+    """rpm is the whole cluster's: the mock enforcing it sees no 429 and >= 95 % of it used."""
+    rpm = 1200
+    arrivals = Arrivals()
+    with MockServer(rate_limit=rpm, rate_window_s=4.0, latency_s=0.02, clock=arrivals) as limited:
+        backend = make_backend(limited, tmp_path / "cache", api_key=KEY)
+        parts = [pd.DataFrame({"prompt": [f"budget {sizes} {p}-{i}" for i in range(n)]})
+                 for p, n in enumerate(sizes)]
+        ddf = dd.from_delayed([dask.delayed(part) for part in parts], meta=parts[0].iloc[:0],
+                              verify_meta=False)
+        out = mdask.compute(ddf.minima.generate("prompt", backend=backend, key_env=KEY_ENV, rpm=rpm),
+                            progress=False)
+        close_backend(backend)
+    assert out.notna().sum() == sum(sizes)
+    assert limited.responses_by_status == {200: sum(sizes)}  # zero 429s
+    assert arrivals.share_used(rpm) >= 0.95
