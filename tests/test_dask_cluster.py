@@ -8,8 +8,10 @@ worker without a key, ``share_key``, the engine closed when a worker stops.
 from __future__ import annotations
 
 import os
-import time
 import pickle
+import signal
+import threading
+import time
 
 import cloudpickle
 import dask
@@ -20,6 +22,7 @@ from _mock_backend import close_backend, make_backend
 from distributed import Client, LocalCluster, wait
 
 import minima_nb.dask as mdask
+from minima_nb.export import open_cache
 from minima_nb.testing import MockServer
 
 KEY = "sk-dask-test-7f3a9c1e"
@@ -172,3 +175,78 @@ def test_global_budget_no_429_and_budget_used(client, tmp_path, sizes):
     assert out.notna().sum() == sum(sizes)
     assert limited.responses_by_status == {200: sum(sizes)}  # zero 429s
     assert arrivals.share_used(rpm) >= 0.95
+
+
+def test_progress_events_count_rows_exactly(client, server, llm):
+    """Events from both workers add up to every row once; a re-run counts them all as cached."""
+    ddf = dd.from_pandas(frame(50), npartitions=5, sort=False)
+    answers = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV)
+    with mdask.progress(progress=False) as first:
+        answers.compute()
+    with mdask.progress(progress=False) as second:
+        answers.compute()
+    assert {k: first.totals()[k] for k in ("total", "done", "cached", "failed")} == {
+        "total": 50, "done": 50, "cached": 0, "failed": 0}
+    assert first.totals()["sent"] == 49 and first.events >= 10  # a start and an end per partition
+    assert (second.totals()["done"], second.totals()["cached"]) == (50, 49)
+
+
+def test_shared_cache_on_one_host(client, server, llm):
+    """Workers write the notebook's cache while they run: re-runs anywhere send nothing."""
+    df = frame(40)
+    ddf = dd.from_pandas(df, npartitions=4, sort=False)
+    first = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV).compute()
+    assert server.requests_total == 39
+    again = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV).compute()
+    local = df.minima.generate("prompt", backend=llm, progress=False)
+    assert server.requests_total == 39
+    pd.testing.assert_series_equal(again, first)
+    pd.testing.assert_series_equal(local, first)
+
+
+def test_collect_caches_from_per_worker_caches(client, server, llm, tmp_path):
+    """local_cache=True: each worker keeps its own; collect_caches brings every row home once."""
+    df = frame(40)
+    ddf = dd.from_pandas(df, npartitions=4, sort=False)
+    ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV, local_cache=True).compute()
+    assert llm.cache.count() == 0  # nothing in the notebook's cache yet
+    home = tmp_path / "home"
+    counts = mdask.collect_caches(client, into=home)
+    assert sum(c["inserted"] for c in counts.values()) == 39
+    assert len(counts) == 2  # both workers answered some rows
+    assert mdask.collect_caches(client, into=home) and open_cache(home).count() == 39
+    at_home = make_backend(server, home, api_key=KEY)
+    sent = server.requests_total
+    df.minima.generate("prompt", backend=at_home, progress=False)
+    assert server.requests_total == sent  # every answer came home
+    close_backend(at_home)
+
+
+def test_killed_worker_rows_committed_are_not_asked_again(client, tmp_path):
+    """A worker killed mid-run: Dask reruns its partitions, committed rows are not sent again."""
+    rows = 400
+    with MockServer(latency_s=0.05) as slow:
+        backend = make_backend(slow, tmp_path / "cache", api_key=KEY, max_outstanding=8)
+        df = pd.DataFrame({"prompt": [f"kill {i}" for i in range(rows)]})
+        answers = dd.from_pandas(df, npartitions=8).minima.generate(
+            "prompt", backend=backend, key_env=KEY_ENV)
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[0]
+
+        def kill_when_busy() -> None:
+            deadline = time.monotonic() + 30
+            while slow.requests_total < 100 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(pids[victim], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_busy, daemon=True)
+        killer.start()
+        out = answers.compute()
+        killer.join(timeout=30)
+        assert out.notna().sum() == rows
+        duplicates = slow.requests_total - rows
+        assert 0 <= duplicates <= 40  # at most what was in flight or not yet committed
+        again = answers.compute()
+        assert slow.requests_total == rows + duplicates  # the re-run asks nothing again
+        pd.testing.assert_series_equal(again, out)
+        close_backend(backend)

@@ -1,6 +1,6 @@
 """``collect_caches(client, into=...)``: bring the answers in every worker's cache home.
 
-Each live worker exports the cache folders its engines use to Parquet (``CacheView.to_parquet``,
+Each live worker exports its per-worker cache folders (``local_cache=True``) to Parquet (``CacheView.to_parquet``,
 the same format as ``minima-nb cache export``), and the notebook imports them into ``into`` with
 the import's own checks, keeping the rows it already has. Workers on one host that share the
 notebook's cache need none of this; it is for per-worker caches (``local_cache=True``, or
@@ -15,13 +15,13 @@ import tempfile
 from typing import Any
 
 from ...export import open_cache, view
-from .worker import open_caches
+from .worker import local_caches
 
 
 def export_worker_caches(skip: list[str]) -> list[tuple[str, bytes]]:
-    """(folder, Parquet bytes) for each cache folder of this process not in ``skip``."""
+    """(folder, Parquet bytes) for each per-worker cache folder of this process not in ``skip``."""
     out = []
-    for folder, cache in sorted(open_caches().items()):
+    for folder, cache in sorted(local_caches().items()):
         if os.path.abspath(folder) in skip:
             continue
         with tempfile.TemporaryDirectory(prefix="minima-collect-") as tmp:

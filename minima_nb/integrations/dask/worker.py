@@ -102,10 +102,10 @@ def engine_for(settings: EngineSettings, *, budget_id: str | None,
         return engine
 
 
-def open_caches() -> dict[str, Any]:
-    """The prompt cache of each cache folder this process's engines use (for ``collect_caches``)."""
+def local_caches() -> dict[str, Any]:
+    """The prompt cache of each per-worker (``local_cache``) folder of this process's engines."""
     with _lock:
-        engines = list(_engines.values())
+        engines = [e for ident, e in _engines.items() if ident[0].local_cache]
     return {e.config.cache_dir: e.cache for e in engines if e.config.cache_dir and e.cache is not None}
 
 
