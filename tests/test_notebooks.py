@@ -27,7 +27,7 @@ from minima_nb.config import ENV_VARS
 from minima_nb.testing import MockServer
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb", "06_dask.ipynb"]
 WHERE_AM_I = "import sys\nprint(sys.executable, sys.prefix)"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CELL_TIMEOUT_S = 60
