@@ -6,10 +6,16 @@ timeout fault) defines its own ``srv``, which takes precedence over this one.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from _mock_backend import close_backend, make_backend
 
 from minima_nb.testing import MockServer
+
+# The suite reaches nothing but 127.0.0.1: LiteLLM (imported by the proxy and DSPy tests) would
+# otherwise fetch its model-cost map from GitHub at import time, in every process it runs in.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture

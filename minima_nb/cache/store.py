@@ -292,8 +292,10 @@ class PromptCache:
         return found
 
     def get_raw(self, key: str) -> dict | None:
-        """The server's raw JSON body stored with ``key``, or None."""
-        rows = self._query("SELECT raw FROM responses WHERE key = ?", (key,))
+        """The server's raw JSON body stored with ``key`` (or queued for storing), or None."""
+        with self._lock:
+            queued = self._pending.get(key)
+        rows = [(queued[1][6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def count(self) -> int:
