@@ -137,3 +137,19 @@ def test_import_without_dask_says_how_to_install():
             "try:\n    import minima_nb.dask\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'minima-nb[dask]'" in out.stdout
+
+
+def test_budget_schedule_has_no_burst_and_follows_the_server():
+    """The scheduler's schedule: evenly spaced leases, no credit for idle time, lowered and paused."""
+    from minima_nb.integrations.dask.budget import HEADROOM, Schedule
+
+    now = [100.0]
+    schedule = Schedule(600, clock=lambda: now[0])
+    interval = 60.0 / (600 * HEADROOM)
+    assert schedule.lease(4) == pytest.approx((0.0, interval, 4))
+    assert schedule.lease(2)[0] == pytest.approx(4 * interval)  # queued behind the first lease
+    now[0] += 60.0  # idle for a minute: still no burst
+    assert schedule.lease(3) == pytest.approx((0.0, interval, 3))
+    first, lowered, _ = schedule.lease(1, server_rpm=300)
+    assert lowered == pytest.approx(2 * interval) and first == pytest.approx(3 * interval)
+    assert schedule.lease(1, pause_s=10.0)[0] == pytest.approx(10.0)
