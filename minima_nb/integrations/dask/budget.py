@@ -122,13 +122,16 @@ class LeasedPermits:
         self._server_rpm: int | None = None
         self._pause_s = 0.0
         self._fallback_next = -math.inf
+        self._interval = 0.0
         self.fallback = False
         self.leases = 0
+        self.stale = 0
 
     # -- the pacer's side (PermitGate) --------------------------------------------------------
 
     async def permit(self) -> float:
         """Wait until the budget grants a start; return its earliest time (this process's clock)."""
+        self._drop_stale()
         while not self._slots:
             if self.fallback:
                 return self._fallback_start()
@@ -140,6 +143,16 @@ class LeasedPermits:
             finally:
                 self._waiting -= 1
         return self._slots.popleft()
+
+    def _drop_stale(self) -> None:
+        # A start time more than one interval in the past was missed (this process stalled):
+        # used now, it would bunch with the other workers' starts and cross the server's window.
+        if not self._slots:
+            return
+        oldest_usable = self._clock() - self._interval
+        while self._slots and self._slots[0] < oldest_usable:
+            self._slots.popleft()
+            self.stale += 1
 
     def observe(self, info: RateLimitInfo) -> None:
         """Remember the server's request limit; the next lease carries it to the budget."""
@@ -165,6 +178,7 @@ class LeasedPermits:
             return
         # The schedule was read about half a round trip after we asked.
         base = (sent + self._clock()) / 2 + first
+        self._interval = interval
         self._slots.extend(base + i * interval for i in range(granted))
         self.leases += 1
 
