@@ -216,13 +216,9 @@ class OpenAIMinimaLlm(PredecessorSpellings):
 
     async def aclose(self) -> None:
         """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
-        await self.aclose_http()
+        await self._caller.aclose()
         if self._cache is not None:
             await self._cache.aflush()
-
-    async def aclose_http(self) -> None:
-        """Close this loop's HTTP pool only: no thread hop, so it works at interpreter exit too."""
-        await self._caller.aclose()
 
     def close(self) -> None:
         """Release everything for good (cache file and trace file); call from sync code at the end."""

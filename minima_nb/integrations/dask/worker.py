@@ -116,11 +116,11 @@ def close_engines() -> int:
         _engines.clear()
     for engine in engines:
         try:
-            # The HTTP pool on its loop; the cache is committed and closed by close() (sync,
-            # so this also works at interpreter exit, when no new thread can be started).
-            run_sync(engine.aclose_http())
-        except Exception:  # a worker that stops must stop: log and go on
-            logger.warning("minima_nb: closing a worker engine's HTTP pool failed", exc_info=True)
+            run_sync(engine.aclose())  # the HTTP pool on its loop, and the cache committed
+        except Exception:
+            # At interpreter exit (no teardown ran) no new thread can start for the commit;
+            # close() below still commits the cache. A stopping worker must stop: go on.
+            logger.debug("minima_nb: closing a worker engine failed", exc_info=True)
         finally:
             engine.close()
     return len(engines)
