@@ -125,17 +125,16 @@ def test_worker_without_key_fails_rows_with_how_to_fix(client, server, llm):
     assert again.notna().sum() == 19 and server.responses_by_status == {200: 19}
 
 
-def test_engine_closed_when_worker_stops(server, tmp_path, capfd):
+def test_engine_closed_when_worker_stops(client, server, tmp_path, capfd):
     """Closing a cluster closes each worker's engine: no "Unclosed client session" from aiohttp."""
     backend = make_backend(server, tmp_path / "cache", api_key=KEY)
-    os.environ[KEY_ENV] = KEY
-    try:
-        with local_cluster(1) as cluster, Client(cluster):
+    try:  # a cluster of its own (KEY_ENV is in the environment while the module's client lives)
+        with local_cluster(1) as cluster, Client(cluster) as own:
             ddf = dd.from_pandas(frame(10), npartitions=2, sort=False)
-            out = ddf.minima.generate("prompt", backend=backend, key_env=KEY_ENV).compute()
+            out = mdask.compute(ddf.minima.generate("prompt", backend=backend, key_env=KEY_ENV),
+                                client=own, progress=False)
             assert out.notna().sum() == 9
     finally:
-        os.environ.pop(KEY_ENV, None)
         close_backend(backend)
     captured = capfd.readouterr()
     assert "Unclosed" not in captured.err + captured.out
