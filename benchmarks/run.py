@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import report
 from .harness import Upstream, machine, wrk_capacity
+from .scenarios_dask import scenario_dask
 from .scenarios_data import scenario_cached_rerun, scenario_export, scenario_memory
 from .scenarios_dspy import scenario_dspy
 from .scenarios_http import (
@@ -45,7 +46,7 @@ def log(message: str) -> None:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the noisy scenarios (default 5)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,9", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,9,10", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke test")
     parser.add_argument("--out", default=None, help="where to write the Markdown report")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -90,6 +91,10 @@ def _scenarios(only: set[str], sizes: dict, rounds: int, workdir: Path) -> list[
     if "7" in only:
         log("scenario 7: pacing, 2 runs of 20 s (in parallel)")
         done(scenario_pacing(workdir, log))
+    if "10" in only:
+        log(f"scenario 10: Dask, 2 worker processes x {fewer} rounds, and the global budget")
+        with Upstream(50.0) as slow:
+            done(scenario_dask(slow, workdir, fewer, log))
     return sections
 
 
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     rounds = 1 if args.quick else max(1, args.rounds)
     only = {part.strip() for part in args.only.split(",") if part.strip()}
-    complete = only >= set("12345679") and not args.quick
+    complete = only >= {"1", "2", "3", "4", "5", "6", "7", "9", "10"} and not args.quick
     out = Path(args.out) if args.out else HERE / ("RESULTS.md" if complete else "RESULTS-partial.md")
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()

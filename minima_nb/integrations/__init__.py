@@ -1,6 +1,7 @@
-"""Edges to other systems (DSPy, ...): each in its own sub-package, imported only on demand.
+"""Edges to other systems (DSPy, Dask, ...): each in its own leaf sub-package, imported on demand.
 
 An edge may use every part of minima_nb; nothing in minima_nb imports an edge except the public
-faces (``minima_nb.dspy_adapter``), the CLI and the accessor's delegating methods, so a missing
-optional dependency only matters to the user who asked for that edge.
+faces (``minima_nb.dspy_adapter``, ``minima_nb.dask``), the CLI and the accessor's delegating
+methods, so a missing optional dependency only matters to the user who asked for that edge, and
+``import minima_nb`` never loads one.
 """
