@@ -58,10 +58,12 @@ if TYPE_CHECKING:
     from .engine.pool import run_batched_callable
     from .engine.sync import run_sync
     from .export import open_cache
+    from .servers.proxy import ProxyServer
 
 # Names whose modules load on first use: name -> module (relative to this package).
 _LAZY = {
     "OpenAIMinimaLlm": ".engine.backend",
+    "ProxyServer": ".servers.proxy",
     "open_cache": ".export",
     "run_batched_callable": ".engine.pool",
     "run_sync": ".engine.sync",
@@ -99,6 +101,7 @@ __all__ = [
     "MinimaLlmResponse",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
+    "ProxyServer",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",

@@ -295,6 +295,11 @@ def setting_from_env(setting: str) -> Any:
     raise KeyError(f"{setting!r} is not a setting read from the environment")
 
 
+def proxy_token_from_env() -> str | None:
+    """``MINIMA_PROXY_TOKEN``, the token clients of the caching proxy must send; None when unset."""
+    return os.environ.get("MINIMA_PROXY_TOKEN", "").strip() or None
+
+
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for var, setting, kind in ENV_VARS:
