@@ -38,3 +38,33 @@ def proxy(upstream, cache_dir):
     """A proxy on a free loopback port in front of ``upstream``, with a cache."""
     with ProxyServer(upstream_config(upstream, cache_dir), port=0) as server:
         yield server
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Fail any connection or name lookup beyond 127.0.0.1 (LiteLLM and DSPy like to phone home)."""
+    import socket
+
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo)
+
+    def check(address: object) -> None:
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
+            raise OSError(f"test guard: connection to {address!r} refused (loopback only)")
+
+    def connect(self, address):
+        check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        check((host,))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
