@@ -46,22 +46,30 @@ from .notebook import progress as _progress  # noqa: F401  (the widget bar for p
 from .notebook.session import configure, get_backend
 from .types import (
     AsyncMinimaLlmBackend,
+    BatchPendingResponse,
     BatchSnapshot,
     MinimaLlmFailure,
     MinimaLlmRequest,
     MinimaLlmResponse,
+    MinimaLlmResult,
     Usage,
 )
 
 if TYPE_CHECKING:
+    from .compat import Cooldown, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
+    from .engine.pulse import BackendPulse, BackendStats
     from .engine.sync import run_sync
     from .export import open_cache
     from .servers.proxy import ProxyServer
 
 # Names whose modules load on first use: name -> module (relative to this package).
 _LAZY = {
+    "BackendPulse": ".engine.pulse",
+    "BackendStats": ".engine.pulse",
+    "Cooldown": ".compat",
+    "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
     "ProxyServer": ".servers.proxy",
     "open_cache": ".export",
@@ -86,25 +94,31 @@ def __dir__() -> list[str]:
 __all__ = [
     "AsyncMinimaLlmBackend",
     "AuthError",
+    "BackendPulse",
+    "BackendStats",
     "BatchAborted",
     "BatchConfig",
+    "BatchPendingResponse",
     "BatchSnapshot",
     "CacheError",
     "CallError",
     "ClientError",
     "ConfigError",
     "ConnectError",
+    "Cooldown",
     "MinimaError",
     "MinimaLlmConfig",
     "MinimaLlmFailure",
     "MinimaLlmRequest",
     "MinimaLlmResponse",
+    "MinimaLlmResult",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
     "ProxyServer",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",
+    "RpmGate",
     "ServerError",
     "StatusError",
     "TransportError",

@@ -5,7 +5,7 @@ arguments, a dict, a YAML file). The constructor itself never looks at the envir
 ``MinimaLlmConfig(base_url=..., model=...)`` means exactly what it says.
 
 The API key is a secret: it is left out of ``repr``, ``describe()`` and pickles (a pickled
-config picks the key up again from ``OPENAI_API_KEY`` where it is unpickled, which is what a
+config picks the key up again from ``OPENAI_API_KEY`` (or ``OPENAI_TOKEN``) where it is unpickled, which is what a
 Dask worker on another machine needs).
 """
 
@@ -13,34 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .environment import (
+    ENV_VARS,
+    api_key_from_env,
+    parse_bool,
+    parse_name_list,
+    parse_number,
+    read_env,
+    setting_from_env,
+)
 from .errors import ConfigError
 
+__all__ = ["ENV_VARS", "BatchConfig", "MinimaLlmConfig", "ParasailBatchConfig", "setting_from_env"]
+
 TRANSPORTS = ("aiohttp", "httpx")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def parse_bool(text: str, setting: str) -> bool:
-    """Read 1/0, true/false, yes/no, on/off in any case; anything else names ``setting``."""
-    word = text.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ConfigError(f"{setting}={text!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off.")
-
-
-def _parse_number(kind: Callable[[str], Any], text: str, setting: str) -> Any:
-    try:
-        return kind(text.strip())
-    except ValueError:
-        raise ConfigError(f"{setting}={text!r} is not a valid {kind.__name__}; set it to a number.") from None
 
 
 def _check(ok: bool, message: str) -> None:
@@ -50,23 +42,54 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Settings of the batch worker pool.
+    """Settings of the batch worker pool, with minima-llm's names and meanings.
 
-    ``max_failures`` failures stop the batch with ``BatchAborted`` (0 = never stop);
-    ``heartbeat_s`` spaces the terminal progress lines; ``stall_s`` without a completion
-    prints a stall warning.
+    The batch stops with ``BatchAborted`` when its failed rows exceed ``max_failures``
+    (``None`` = never stop, ``0`` = stop at the first failure). The first
+    ``print_first_failures`` failures are printed as they happen; the abort message lists the
+    last ``keep_failure_summaries``. ``heartbeat_s`` spaces the terminal progress lines;
+    ``stall_s`` without a completion prints a stall warning.
     """
 
     num_workers: int = 64
-    max_failures: int = 25
+    max_failures: int | None = 25
     heartbeat_s: float = 10.0
     stall_s: float = 300.0
+    print_first_failures: int = 5
+    keep_failure_summaries: int = 20
 
     def __post_init__(self) -> None:
+        # Types first: a string or a float from hand-written code gets a ConfigError naming the
+        # setting, never a bare TypeError from a comparison below.
+        for name, env, optional in (
+            ("num_workers", "BATCH_NUM_WORKERS", False),
+            ("max_failures", "BATCH_MAX_FAILURES", True),
+            ("print_first_failures", "BATCH_PRINT_FIRST_FAILURES", False),
+            ("keep_failure_summaries", "BATCH_KEEP_FAILURE_SUMMARIES", False),
+        ):
+            value = getattr(self, name)
+            if optional and value is None:
+                continue
+            _check(
+                isinstance(value, int) and not isinstance(value, bool),
+                f"batch.{name}={value!r} must be a whole number{' or None (never abort)' if optional else ''} ({env}).",
+            )
+        for name, env in (("heartbeat_s", "BATCH_HEARTBEAT_S"), ("stall_s", "BATCH_STALL_S")):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                   f"batch.{name}={value!r} must be a number of seconds ({env}).")
         _check(self.num_workers >= 1, f"num_workers={self.num_workers} must be at least 1 (BATCH_NUM_WORKERS).")
-        _check(self.max_failures >= 0, f"max_failures={self.max_failures} must be >= 0; 0 means never abort (BATCH_MAX_FAILURES).")
+        _check(
+            self.max_failures is None or self.max_failures >= 0,
+            f"max_failures={self.max_failures} must be >= 0 (0 stops at the first failure) or None to never "
+            "stop (BATCH_MAX_FAILURES=none).",
+        )
         _check(self.heartbeat_s > 0, f"heartbeat_s={self.heartbeat_s} must be > 0 (BATCH_HEARTBEAT_S).")
         _check(self.stall_s > 0, f"stall_s={self.stall_s} must be > 0 (BATCH_STALL_S).")
+        _check(self.print_first_failures >= 0,
+               f"print_first_failures={self.print_first_failures} must be >= 0 (BATCH_PRINT_FIRST_FAILURES).")
+        _check(self.keep_failure_summaries >= 0,
+               f"keep_failure_summaries={self.keep_failure_summaries} must be >= 0 (BATCH_KEEP_FAILURE_SUMMARIES).")
 
 
 @dataclass(frozen=True)
@@ -74,18 +97,33 @@ class ParasailBatchConfig:
     """Settings of the providers' batch APIs (upload JSONL, poll, download into the cache).
 
     ``state_dir`` keeps the submitted batches' state files so a run can be resumed;
-    ``prefix`` names the batches so that several runs can share one account.
+    ``prefix`` names the batches so that several runs can share one account
+    (``llm_batch_prefix`` is minima-llm's user-facing name for it, used when ``prefix`` is not
+    set); ``max_batch_size`` caps the requests of one uploaded batch.
     """
 
+    llm_batch_prefix: str | None = None
     prefix: str | None = None
     state_dir: str | None = None
     poll_interval_s: float = 30.0
     max_poll_hours: float = 24.0
+    max_batch_size: int = 50_000
     completion_window: str = "24h"
 
     def __post_init__(self) -> None:
         _check(self.poll_interval_s > 0, f"poll_interval_s={self.poll_interval_s} must be > 0 (PARASAIL_POLL_INTERVAL_S).")
         _check(self.max_poll_hours > 0, f"max_poll_hours={self.max_poll_hours} must be > 0 (PARASAIL_MAX_POLL_HOURS).")
+        _check(self.max_batch_size >= 1, f"parasail.max_batch_size={self.max_batch_size} must be at least 1.")
+
+    @property
+    def effective_prefix(self) -> str | None:
+        """The batch-name prefix in use: ``prefix``, else ``llm_batch_prefix``."""
+        return self.prefix or self.llm_batch_prefix
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ParasailBatchConfig:
+        """Build from a mapping of these settings (minima-llm's spelling); ``None`` or ``{}`` gives the defaults."""
+        return cls() if not data else _build(cls, data, "parasail.")
 
 
 @dataclass(frozen=True)
@@ -116,6 +154,10 @@ class MinimaLlmConfig:
     cooldown_floor_s: float = 0.0
     cooldown_cap_s: float = 30.0
     cooldown_halflife_s: float = 20.0
+    retry_temperature_max: float = 0.5
+    retry_temperature_halflife: float = 5.0
+    cache_lookup_dirs: tuple[str, ...] = ()
+    model_synonyms: tuple[str, ...] = ()
     batch: BatchConfig = field(default_factory=BatchConfig)
     parasail: ParasailBatchConfig = field(default_factory=ParasailBatchConfig)
 
@@ -126,6 +168,10 @@ class MinimaLlmConfig:
                 object.__setattr__(self, name, _build(nested, value, f"{name}."))
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        for name in ("cache_lookup_dirs", "model_synonyms"):  # a list or "a,b" from hand-written code
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                object.__setattr__(self, name, parse_name_list(value, name))
         self._validate()
 
     def _validate(self) -> None:
@@ -156,6 +202,10 @@ class MinimaLlmConfig:
             f"cooldown_floor_s={self.cooldown_floor_s} must be between 0 and cooldown_cap_s={self.cooldown_cap_s} (COOLDOWN_FLOOR_S).",
         )
         _check(self.cooldown_halflife_s > 0, f"cooldown_halflife_s={self.cooldown_halflife_s} must be > 0 (COOLDOWN_HALFLIFE_S).")
+        _check(self.retry_temperature_max >= 0,
+               f"retry_temperature_max={self.retry_temperature_max} must be >= 0; 0 turns the ramp off (RETRY_TEMPERATURE_MAX).")
+        _check(self.retry_temperature_halflife > 0,
+               f"retry_temperature_halflife={self.retry_temperature_halflife} must be > 0 (RETRY_TEMPERATURE_HALFLIFE).")
 
     # -- derived values ---------------------------------------------------------------------
 
@@ -168,6 +218,38 @@ class MinimaLlmConfig:
         if base.endswith("/v1"):
             return base + "/chat/completions"
         return base + "/v1/chat/completions"
+
+    # minima-llm's flat names for the batch settings (read-only views of ``batch``).
+
+    @property
+    def num_workers(self) -> int:
+        """``batch.num_workers``."""
+        return self.batch.num_workers
+
+    @property
+    def max_failures(self) -> int | None:
+        """``batch.max_failures``."""
+        return self.batch.max_failures
+
+    @property
+    def heartbeat_s(self) -> float:
+        """``batch.heartbeat_s``."""
+        return self.batch.heartbeat_s
+
+    @property
+    def stall_s(self) -> float:
+        """``batch.stall_s``."""
+        return self.batch.stall_s
+
+    @property
+    def print_first_failures(self) -> int:
+        """``batch.print_first_failures``."""
+        return self.batch.print_first_failures
+
+    @property
+    def keep_failure_summaries(self) -> int:
+        """``batch.keep_failure_summaries``."""
+        return self.batch.keep_failure_summaries
 
     @property
     def api_root(self) -> str:
@@ -184,7 +266,7 @@ class MinimaLlmConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MinimaLlmConfig:
         """Build from a mapping (nested ``batch:``/``parasail:`` allowed); missing keys come from the environment."""
-        merged = _read_env(os.environ)
+        merged = read_env(os.environ)
         for key, value in dict(values).items():
             if key in ("batch", "parasail") and isinstance(value, Mapping):
                 merged[key] = {**merged.get(key, {}), **value}
@@ -239,85 +321,13 @@ class MinimaLlmConfig:
         return "MinimaLlmConfig\n" + "\n".join(lines)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # The key stays behind; the receiving process reads its own OPENAI_API_KEY.
+        # The key stays behind; the receiving process reads its own OPENAI_API_KEY / OPENAI_TOKEN.
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
         return (_unpickle_config, (state,))
 
 
 def _unpickle_config(state: dict[str, Any]) -> MinimaLlmConfig:
-    return MinimaLlmConfig(api_key=os.environ.get("OPENAI_API_KEY") or None, **state)
-
-
-# -- environment -----------------------------------------------------------------------------
-
-# (environment variable, setting, type); nested settings are written "batch.num_workers".
-ENV_VARS: tuple[tuple[str, str, Any], ...] = (
-    ("OPENAI_BASE_URL", "base_url", str),
-    ("OPENAI_MODEL", "model", str),
-    ("OPENAI_API_KEY", "api_key", str),
-    ("CACHE_DIR", "cache_dir", str),
-    ("MINIMA_CACHE_NAMESPACE", "cache_namespace", str),
-    ("CACHE_FORCE_REFRESH", "force_refresh", bool),
-    ("MINIMA_TRACE_FILE", "trace_file", str),
-    ("MINIMA_TRANSPORT", "transport", str),
-    ("MINIMA_COMPRESS_GZIP", "compress_gzip", bool),
-    ("MAX_OUTSTANDING", "max_outstanding", int),
-    ("RPM", "rpm", int),
-    ("TIMEOUT_S", "timeout_s", float),
-    ("MAX_ATTEMPTS", "max_attempts", int),
-    ("BASE_BACKOFF_S", "base_backoff_s", float),
-    ("MAX_BACKOFF_S", "max_backoff_s", float),
-    ("JITTER", "jitter", float),
-    ("MINIMA_MAX_RETRY_AFTER_S", "max_retry_after_s", float),
-    ("COOLDOWN_FLOOR_S", "cooldown_floor_s", float),
-    ("COOLDOWN_CAP_S", "cooldown_cap_s", float),
-    ("COOLDOWN_HALFLIFE_S", "cooldown_halflife_s", float),
-    ("BATCH_NUM_WORKERS", "batch.num_workers", int),
-    ("BATCH_MAX_FAILURES", "batch.max_failures", int),
-    ("BATCH_HEARTBEAT_S", "batch.heartbeat_s", float),
-    ("BATCH_STALL_S", "batch.stall_s", float),
-    ("PARASAIL_BATCH_PREFIX", "parasail.prefix", str),
-    ("PARASAIL_STATE_DIR", "parasail.state_dir", str),
-    ("PARASAIL_POLL_INTERVAL_S", "parasail.poll_interval_s", float),
-    ("PARASAIL_MAX_POLL_HOURS", "parasail.max_poll_hours", float),
-)
-
-
-def setting_from_env(setting: str) -> Any:
-    """One top-level setting as the environment gives it (parsed), or None when it is not set.
-
-    For callers that need a single value without a whole config (``minima-nb cache stats``
-    defaults to ``CACHE_DIR``), so that this module stays the only reader of the environment.
-    """
-    for var, name, _ in ENV_VARS:
-        if name == setting:
-            return _read_env({var: os.environ[var]}).get(setting) if var in os.environ else None
-    raise KeyError(f"{setting!r} is not a setting read from the environment")
-
-
-def proxy_token_from_env() -> str | None:
-    """``MINIMA_PROXY_TOKEN``, the token clients of the caching proxy must send; None when unset."""
-    return os.environ.get("MINIMA_PROXY_TOKEN", "").strip() or None
-
-
-def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for var, setting, kind in ENV_VARS:
-        text = environ.get(var)
-        if text is None or text.strip() == "":
-            continue
-        if kind is bool:
-            value: Any = parse_bool(text, var)
-        elif kind is str:
-            value = text.strip()
-        else:
-            value = _parse_number(kind, text, var)
-        if "." in setting:
-            group, name = setting.split(".", 1)
-            out.setdefault(group, {})[name] = value
-        else:
-            out[setting] = value
-    return out
+    return MinimaLlmConfig(api_key=api_key_from_env(), **state)
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
@@ -348,8 +358,10 @@ def _coerce(f: dataclasses.Field, value: Any, setting: str) -> Any:
             return value
         if isinstance(value, (str, int)):
             return parse_bool(str(value), setting)
-    elif hint in ("int", "float"):
-        kind = int if hint == "int" else float
+    elif hint.startswith("tuple"):
+        return parse_name_list(value, setting)
+    elif hint in ("int", "float", "int | None"):
+        kind = int if hint.startswith("int") else float
         if isinstance(value, bool):
             raise ConfigError(f"{setting}={value!r} must be a number, not a boolean.")
         if isinstance(value, (int, float)):
@@ -357,7 +369,9 @@ def _coerce(f: dataclasses.Field, value: Any, setting: str) -> Any:
                 raise ConfigError(f"{setting}={value!r} must be a whole number.")
             return kind(value)
         if isinstance(value, str):
-            return _parse_number(kind, value, setting)
+            if "None" in hint and value.strip().lower() in ("none", "null", "never"):
+                return None
+            return parse_number(kind, value, setting)
     elif "str" in hint:
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)

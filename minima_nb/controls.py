@@ -11,7 +11,9 @@ work to minima_nb's loop thread copies the caller's context along with it.
   parse failure asks for a different sample; ``0`` (the default) lets the backend choose.
 - ``set_last_cached`` / ``get_last_cached`` record whether the last answer came from the cache,
   for callers whose return value hides ``.cached``.
-- ``set_debug_trace(True)`` turns on the request/response trace for the calling task.
+- ``set_debug_trace(True)`` turns on the request/response trace for the calling task (as does
+  ``MINIMA_DEBUG=1`` for the whole process): each request body sent and the answer received
+  (or the failure) is printed to stderr. Bodies never hold the API key (it travels in a header).
 
 ``retry_temperature(attempt, max_temp, halflife)`` is the temperature ramp a forced refresh uses
 when the request asked for none (or 0): it rises with each attempt toward ``max_temp``.
@@ -20,17 +22,21 @@ when the request asked for none (or 0): it rises with each attempt toward ``max_
 from __future__ import annotations
 
 import contextvars
+import sys
+
+from .environment import debug_trace_from_env
 
 __all__ = [
     "debug_trace_enabled", "get_force_refresh", "get_last_cached", "get_retry_seed",
     "reset_debug_trace", "reset_force_refresh", "reset_retry_seed", "retry_temperature",
-    "set_debug_trace", "set_force_refresh", "set_last_cached", "set_retry_seed",
+    "set_debug_trace", "set_force_refresh", "set_last_cached", "set_retry_seed", "trace_exchange",
 ]
 
 _force_refresh: contextvars.ContextVar[bool] = contextvars.ContextVar("force_refresh", default=False)
 _last_cached: contextvars.ContextVar[bool] = contextvars.ContextVar("last_cached", default=False)
 _retry_seed: contextvars.ContextVar[int] = contextvars.ContextVar("retry_seed", default=0)
 _debug_trace: contextvars.ContextVar[bool] = contextvars.ContextVar("minima_debug_trace", default=False)
+_DEBUG_FROM_ENV = debug_trace_from_env()  # read once: MINIMA_DEBUG is a process-wide switch
 
 
 def set_force_refresh(force_refresh: bool) -> contextvars.Token[bool]:
@@ -84,8 +90,14 @@ def reset_debug_trace(token: contextvars.Token[bool]) -> None:
 
 
 def debug_trace_enabled() -> bool:
-    """True when this task asked for a trace with :func:`set_debug_trace`."""
-    return _debug_trace.get()
+    """True when this task asked for a trace with :func:`set_debug_trace`, or ``MINIMA_DEBUG`` is set."""
+    return _debug_trace.get() or _DEBUG_FROM_ENV
+
+
+def trace_exchange(request_id: str, sent: bytes, received: str) -> None:
+    """Print one traced exchange to stderr: the request body as sent, then what came back."""
+    print(f"TRACE {request_id}:\n - payload: {sent.decode('utf-8', 'replace')}\n - response: {received}",
+          file=sys.stderr)
 
 
 def retry_temperature(attempt: int, max_temp: float, halflife: float) -> float:

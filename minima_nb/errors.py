@@ -41,10 +41,14 @@ class CallError(MinimaError):
     """One request failed for good.
 
     ``status`` is the HTTP status when there was one; ``attempts`` how many tries were made;
-    ``retryable`` whether the retry policy would try this kind of error again.
+    ``retryable`` whether the retry policy would try this kind of error again;
+    ``body_snippet`` the start of the last answer's body (the API key masked) and
+    ``attempt_timestamps`` when each attempt started (monotonic seconds), when known.
     """
 
     retryable = False
+    body_snippet: str | None = None
+    attempt_timestamps: tuple[float, ...] = ()
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         super().__init__(message)
@@ -125,8 +129,10 @@ class ResponseError(CallError):
     retryable = True
 
 
-class BatchAborted(MinimaError):
+class BatchAborted(MinimaError, RuntimeError):
     """The batch stopped early: too many failures, or an error every row would hit.
+
+    Also a ``RuntimeError``, which is what minima-llm raised and what its users catch.
 
     ``results`` holds one slot per input: a response or failure where the row finished,
     ``None`` where it never ran. Everything answered is already in the cache.

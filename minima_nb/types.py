@@ -7,7 +7,7 @@ compared in tests, and sent between processes (Dask) without dragging sessions a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Message = Mapping[str, Any]
@@ -38,23 +38,58 @@ class Usage:
     output_tokens: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class MinimaLlmResponse:
     """A successful answer.
 
     ``raw`` is the server's JSON body; it is kept only when asked for (it stays in the cache
-    otherwise) so that large batches retain little more than their texts.
+    otherwise) so that large batches retain little more than their texts. ``cache_source``
+    says where a cache hit came from (``None`` for a live answer). As in minima-llm, the token
+    counts may be given as ``input_tokens=`` / ``output_tokens=`` instead of ``usage=``.
     """
 
     request_id: str
     text: str
-    cached: bool = False
-    usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
-    latency_s: float | None = None
-    attempts: int = 1
-    model: str | None = None
-    raw: Mapping[str, Any] | None = None
+    cached: bool
+    usage: Usage
+    finish_reason: str | None
+    latency_s: float | None
+    attempts: int
+    model: str | None
+    raw: Mapping[str, Any] | None
+    cache_source: str | None
+
+    def __init__(
+        self,
+        request_id: str,
+        text: str,
+        cached: bool = False,
+        usage: Usage | None = None,
+        finish_reason: str | None = None,
+        latency_s: float | None = None,
+        attempts: int = 1,
+        model: str | None = None,
+        raw: Mapping[str, Any] | None = None,
+        cache_source: str | None = None,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        if usage is None:
+            usage = Usage(input_tokens, output_tokens)
+        elif input_tokens is not None or output_tokens is not None:
+            raise TypeError("give the token counts either as usage= or as input_tokens=/output_tokens=, not both")
+        set_field = object.__setattr__  # frozen: the dataclass's own __init__ does the same
+        set_field(self, "request_id", request_id)
+        set_field(self, "text", text)
+        set_field(self, "cached", cached)
+        set_field(self, "usage", usage)
+        set_field(self, "finish_reason", finish_reason)
+        set_field(self, "latency_s", latency_s)
+        set_field(self, "attempts", attempts)
+        set_field(self, "model", model)
+        set_field(self, "raw", raw)
+        set_field(self, "cache_source", cache_source)
 
     @property
     def input_tokens(self) -> int | None:
@@ -82,6 +117,9 @@ class MinimaLlmFailure:
     attempts: int = 0
     retryable: bool = False
     model: str | None = None
+    body_snippet: str | None = None
+    timeout_s: float | None = None
+    attempt_timestamps: tuple[float, ...] = ()
 
     # Deliberately no ``text`` attribute: minima-llm code tells answers from failures with
     # ``hasattr(r, "text")``, and that must keep working unchanged.
@@ -91,8 +129,27 @@ class MinimaLlmFailure:
         """Failures are never cached; lets code read ``r.cached`` from any result."""
         return False
 
+    def format_attempts(self) -> str:
+        """When each attempt started, relative to the first: ``"[+0.0s, +0.5s, +1.6s]"`` ("" if unknown)."""
+        if not self.attempt_timestamps:
+            return ""
+        first = self.attempt_timestamps[0]
+        return "[" + ", ".join(f"+{t - first:.1f}s" for t in self.attempt_timestamps) + "]"
+
 
 MinimaLlmResult = MinimaLlmResponse | MinimaLlmFailure
+
+
+@dataclass(frozen=True)
+class BatchPendingResponse:
+    """What ``generate`` returns for a request queued for a provider batch (``batch_mode``).
+
+    A marker, not an answer: it has no ``text``. Once the batch has finished, asking again
+    returns the answer from the cache under ``cache_key``.
+    """
+
+    request_id: str
+    cache_key: str
 
 
 @runtime_checkable

@@ -282,7 +282,7 @@ def test_default_backend_from_configure(srv, tmp_path):
 
 def test_batch_aborted_carries_partial_details(srv, tmp_path):
     """Past the failure budget, BatchAborted carries exc.partial aligned to the index."""
-    llm = make_backend(srv, tmp_path, batch=BatchConfig(num_workers=1, max_failures=2))
+    llm = make_backend(srv, tmp_path, batch=BatchConfig(num_workers=1, max_failures=1))
     srv.script("bad1", ["400"])
     srv.script("bad2", ["400"])
     df = pd.DataFrame({"prompt": ["ok0", "bad1", "bad2", "later"]}, index=list("wxyz"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minima_nb"
-VOCABULARY = {"_version", "types", "errors", "config", "controls"}
-FACES = {"__init__", "testing", "proxy", "dspy_adapter", "dask"}
+VOCABULARY = {"_version", "types", "errors", "environment", "config", "controls"}
+FACES = {"__init__", "testing", "proxy", "dspy_adapter", "dask", "backend", "protocol"}
 # What each part may import of ours (besides itself). Edges (integrations) are leaves: only the
 # faces, the CLI and the accessor's delegating methods import them.
 MAY_IMPORT = {

@@ -517,7 +517,7 @@ def test_progress_counts_looked_up_rows_as_cached(backend):
 
 def test_batch_aborted_partial_has_stored_fields_after_text_only_lookup(srv, tmp_path):
     """exc.partial of a text-only call shows cached rows with their stored tokens, not <NA>."""
-    llm = make_backend(srv, tmp_path, batch=BatchConfig(num_workers=1, max_failures=2))
+    llm = make_backend(srv, tmp_path, batch=BatchConfig(num_workers=1, max_failures=1))
     try:
         first = gen(pd.DataFrame({"prompt": ["ok0", "ok1"]}, index=["ok0", "ok1"]), "prompt",
                     backend=llm, details=True)

@@ -2,7 +2,9 @@
 
 The two Quick Start programs below are quoted from minima-llm's README (our compatibility
 contract), with ``from minima_llm import`` changed to ``from minima_nb import`` and nothing else.
-They run against the embedded mock server.
+They run against the embedded mock server. That README is read from the installed minima-llm
+0.2.8's package metadata (its long description; minima-llm is in the ``dev`` extra), so the
+suite needs nothing beside the clone.
 """
 
 from __future__ import annotations
@@ -10,18 +12,18 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib
-import os
+import importlib.metadata
 import re
-from pathlib import Path
 
 import pytest
 
 from minima_nb import MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm
 from minima_nb.config import ENV_VARS
 
-SEED_README = Path(
-    os.environ.get("MINIMA_SEED_README", Path(__file__).resolve().parents[2] / "shared" / "SEED-minima-llm-README.md")
-)
+PREDECESSOR = ("minima-llm", "0.2.8")
+# Names the predecessor's README imports that come with the batch-API part of issue 11; each is
+# checked to be still missing, so this set must shrink (and then go) as they land.
+PENDING = {"batch_status_overview", "cancel_batch", "cancel_all_batches", "cancel_all_local_batches"}
 
 BASIC_USAGE = '''\
 import asyncio
@@ -164,10 +166,14 @@ def test_multi_loop_snippet_runs_two_event_loops_on_one_backend(srv, capsys):
 
 
 def seed_python_blocks() -> list[str]:
-    if not SEED_README.exists():
-        pytest.fail(f"seed README not found at {SEED_README}: it lives in shared/ beside the clone; "
-                    "set MINIMA_SEED_README to its path")
-    text = SEED_README.read_text(encoding="utf-8")
+    """The Python code blocks of minima-llm 0.2.8's README, as its wheel's metadata carries it."""
+    name, version = PREDECESSOR
+    try:
+        metadata = importlib.metadata.metadata(name)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"{name}=={version} is not installed; it is in the dev extra: pip install -e '.[dev]'")
+    assert metadata["Version"] == version, f"the quoted examples are {name} {version}'s"
+    text = metadata.get_payload() or metadata.get("Description") or ""  # type: ignore[attr-defined]
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
@@ -185,9 +191,14 @@ def test_every_seed_code_block_compiles_and_its_imports_exist():
     for block in blocks:
         ported = block.replace("minima_llm", "minima_nb")
         tree = ast.parse(ported)
-        compile(tree, "<seed README block>", "exec")
+        # Fragments such as ``result = await backend.generate(...)`` are shown as a notebook runs them.
+        compile(tree, "<seed README block>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minima_nb"):
                 module = importlib.import_module(node.module)
-                missing = [a.name for a in node.names if not hasattr(module, a.name)]
-                assert missing == [], f"{node.module} lacks {missing}"
+                missing = {a.name for a in node.names if not hasattr(module, a.name)}
+                assert missing <= PENDING, f"{node.module} lacks {sorted(missing - PENDING)}"
+    import minima_nb
+
+    landed = sorted(n for n in PENDING if hasattr(minima_nb, n))
+    assert landed == [], f"{landed} exist now: remove them from PENDING"

@@ -1,6 +1,7 @@
 """The prompt cache's file: where it lives, its schema and migrations, and how it is opened.
 
-``{cache_dir}/minima_llm.db`` holds a ``schema_version`` table and the ``responses`` table;
+``{cache_dir}/minima_llm.db`` holds a ``schema_version`` table and the ``responses`` table
+(and, in a directory minima-llm 0.2.x wrote, its table ``cache``, left as it is: :mod:`.legacy`);
 ``MIGRATIONS[i]`` upgrades a file from version ``i`` to ``i + 1`` inside one transaction, so a
 file written by an older minima-nb is brought up to date in place and one written by a newer
 one is refused with a message saying what to do. Every failure to open is a ``CacheError``
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import CacheError
+from .legacy import LEGACY_TABLE, is_legacy_table
 from .writer import connect, retry_when_busy
 
 __all__ = ["CACHE_FILENAME", "COLUMNS", "HELP", "MIGRATIONS", "SCHEMA_VERSION", "open_file",
@@ -58,7 +60,9 @@ def _stored_version(conn: sqlite3.Connection, path: Path) -> int:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "schema_version" in tables:
         return conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-    foreign = sorted(t for t in tables if not t.startswith("sqlite_"))
+    # minima-llm's own table may share the file (same file name): it is kept, beside ours, as is.
+    foreign = sorted(t for t in tables if not t.startswith("sqlite_")
+                     and not (t == LEGACY_TABLE and is_legacy_table(conn)))
     if foreign:
         raise CacheError(
             f"{str(path)!r} is a SQLite database but not a minima_nb cache (it holds the tables "

@@ -292,16 +292,11 @@ class PromptCache:
         return found
 
     def get_raw(self, key: str) -> dict | None:
-        """The server's raw JSON body stored with ``key`` (queued rows included), or None."""
+        """The server's raw JSON body stored with ``key`` (or queued for storing), or None."""
         with self._lock:
-            self._drop_committed()
             queued = self._pending.get(key)
-        if queued is not None:
-            raw = queued[1][6]  # COLUMNS order: the stored raw JSON text
-        else:
-            rows = self._query("SELECT raw FROM responses WHERE key = ?", (key,))
-            raw = rows[0][0] if rows else None
-        return json.loads(raw) if raw is not None else None
+        rows = [(queued[1][6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def count(self) -> int:
         """Number of stored answers (all processes)."""

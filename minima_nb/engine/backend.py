@@ -20,20 +20,23 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cache import CachedAnswer, KeyTracer, PromptCache, cache_key, key_function
+from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function
 from ..config import MinimaLlmConfig
+from ..controls import debug_trace_enabled, get_retry_seed, set_last_cached, trace_exchange
 from ..errors import BatchAborted, CallError
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
 from .call import Caller
 from .pacer import RatePacer
 from .pool import ProgressArg, run_batched_callable
+from .pulse import BackendPulse
+from .spellings import PredecessorSpellings
 from .transport import Transport
 from .wire import ParsedAnswer, build_payload, check_messages, encode
 
 CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
 
 
-class OpenAIMinimaLlm:
+class OpenAIMinimaLlm(PredecessorSpellings):
     """Async backend for any OpenAI-compatible chat-completions endpoint.
 
     ``config`` defaults to :meth:`MinimaLlmConfig.from_env`. Pass ``client=httpx.AsyncClient(...)``
@@ -55,8 +58,11 @@ class OpenAIMinimaLlm:
                               sleep=sleep, rng=rng)
         self._cache = PromptCache(config.cache_dir) if config.cache_dir else None
         self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
+        # A miss also looks in minima-llm's table, under model synonyms and in lookup caches.
+        self._adoption = Adoption.for_config(self._cache, config)
         self._refresh_rounds: dict[str, int] = {}
         self._params_spelled: dict[tuple[Any, ...], str] = {}
+        self._pulse = BackendPulse()
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -82,7 +88,13 @@ class OpenAIMinimaLlm:
         if key is not None and cache is not None and not refresh:
             hit = cache.get(key)
             if hit is not None:
+                set_last_cached(True)
                 return self._from_cache(request, hit, key, include_raw)
+            for (text, i_tok, o_tok, finish, latency, m, _), source in self._adopt([request], [model], [key]).values():
+                set_last_cached(True)
+                return self._cached_response(request.request_id, text, i_tok, o_tok, finish, latency, m,
+                                             key, include_raw, source)
+        set_last_cached(False)
         return await self._call(request, model, key, refresh, include_raw)
 
     def lookup(
@@ -112,6 +124,14 @@ class OpenAIMinimaLlm:
         keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
         read = self._cache.get_texts if text_only else self._cache.get_many_rows
         found = read((k for k in keys if k is not None), count_misses=False)
+        self._pulse.record_hits(len(found))
+        if self._adoption is not None and len(found) < len(keys):
+            name = model or self.config.model
+            adopted = self._adoption.find([Wanted(k, name, p, temperature, max_tokens, extra)
+                                           for k, p in zip(keys, prompts, strict=True) if k is not None and k not in found])
+            found.update({k: row[0] if text_only else row for k, (row, _) in adopted.items()})  # type: ignore[misc]
+            for _, source in adopted.values():
+                self._pulse.record_hits(1, source)
         return [None if key is None else found.get(key) for key in keys]
 
     async def run_batched(
@@ -143,15 +163,21 @@ class OpenAIMinimaLlm:
             first_of.setdefault(k, i)
         cache = self._cache
         hits: dict[str, tuple[Any, ...]] = {}
+        adopted: dict[str, tuple[tuple[Any, ...], str]] = {}
         if cache is not None and not refresh:
             hits = await self._bulk_lookup(cache, list(first_of))
+            if self._adoption is not None and len(hits) < len(first_of):
+                missed = [i for k, i in first_of.items() if k not in hits]
+                adopted = await asyncio.to_thread(self._adopt, [requests[i] for i in missed],
+                                                  [models[i] for i in missed], [keys[i] for i in missed])
+                hits.update({k: row for k, (row, _) in adopted.items()})
         by_key: dict[str, Any] = {}
         for k, i in first_of.items():
             if k in hits:
                 text, input_tokens, output_tokens, finish_reason, latency_s, model = hits[k][:6]
                 by_key[k] = self._cached_response(
                     requests[i].request_id, text, input_tokens, output_tokens, finish_reason,
-                    latency_s, model, k, include_raw,
+                    latency_s, model, k, include_raw, adopted[k][1] if k in adopted else "primary",
                 )
         todo = [i for k, i in first_of.items() if k not in hits]
 
@@ -184,6 +210,10 @@ class OpenAIMinimaLlm:
         """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
         return self._cache.stats() if self._cache is not None else {}
 
+    def _adopt(self, requests: Sequence[MinimaLlmRequest], models: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
+        """Misses answered by minima-llm's table, synonyms or lookup caches (cache/adoption.py)."""
+        return self._adoption.find_requests(requests, models, keys) if self._adoption is not None else {}
+
     async def aclose(self) -> None:
         """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
         await self._caller.aclose()
@@ -192,6 +222,8 @@ class OpenAIMinimaLlm:
 
     def close(self) -> None:
         """Release everything for good (cache file and trace file); call from sync code at the end."""
+        if self._adoption is not None:
+            self._adoption.close()
         if self._cache is not None:
             self._cache.close()
         if self._tracer is not None:
@@ -254,10 +286,11 @@ class OpenAIMinimaLlm:
     def _cached_response(
         self, request_id: str, text: str, input_tokens: int | None, output_tokens: int | None,
         finish_reason: str | None, latency_s: float | None, model: str | None, key: str,
-        include_raw: bool,
+        include_raw: bool, source: str = "primary",
     ) -> MinimaLlmResponse:
         # Only cache hits get here, so the cache is there; the check is for the type checker.
         raw = self._cache.get_raw(key) if include_raw and self._cache is not None else None
+        self._pulse.record_hits(1, source)
         return MinimaLlmResponse(
             request_id=request_id,
             text=text,
@@ -268,6 +301,7 @@ class OpenAIMinimaLlm:
             attempts=0,
             model=model,
             raw=raw,
+            cache_source=source,
         )
 
     def _payload(self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool) -> bytes:
@@ -278,7 +312,11 @@ class OpenAIMinimaLlm:
             refresh_round = self._refresh_rounds.get(ident, 0)
             self._refresh_rounds[ident] = refresh_round + 1
             seed_base = int(ident[:8], 16)
-        return encode(build_payload(request, model, refresh_round=refresh_round, seed_base=seed_base))
+        return encode(build_payload(
+            request, model, refresh_round=refresh_round, seed_base=seed_base,
+            retry_seed=get_retry_seed() if refresh else 0,
+            ramp=(self.config.retry_temperature_max, self.config.retry_temperature_halflife),
+        ))
 
     async def _call(
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
@@ -288,7 +326,12 @@ class OpenAIMinimaLlm:
         try:
             answer, latency, attempts = await self._caller.send(body, token_estimate)
         except CallError as err:
-            return _failure(request, err, model)
+            if debug_trace_enabled():
+                trace_exchange(request.request_id, body, f"{type(err).__name__}: {err}")
+            return _failure(request, err, model, self.config.timeout_s)
+        if debug_trace_enabled():
+            trace_exchange(request.request_id, body, answer.raw_json or answer.text)
+        self._pulse.record_call(answer.input_tokens, answer.output_tokens, latency)
         cache = self._cache  # not None whenever key is not None: keys are made for a cache only
         if key is not None and cache is not None:
             self._store(cache, key, request, model, answer, latency)
@@ -347,7 +390,7 @@ def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:
     return cache_key(model, request.messages, request.temperature, request.max_tokens, request.extra)[0]
 
 
-def _failure(request: MinimaLlmRequest, err: CallError, model: str) -> MinimaLlmFailure:
+def _failure(request: MinimaLlmRequest, err: CallError, model: str, timeout_s: float) -> MinimaLlmFailure:
     return MinimaLlmFailure(
         request_id=request.request_id,
         error_type=type(err).__name__,
@@ -356,6 +399,9 @@ def _failure(request: MinimaLlmRequest, err: CallError, model: str) -> MinimaLlm
         attempts=err.attempts,
         retryable=err.retryable,
         model=model,
+        body_snippet=err.body_snippet,
+        timeout_s=timeout_s,
+        attempt_timestamps=err.attempt_timestamps,
     )
 
 

@@ -25,6 +25,8 @@ from .retry import RetryPolicy, classify_status
 from .transport import HttpReply, Transport, make_transport
 from .wire import ParsedAnswer, parse_answer
 
+BODY_SNIPPET_BYTES = 300  # as much of a failed answer's body as a failure keeps
+
 
 class Caller:
     """Sends encoded chat-completion bodies to ``config.endpoint_url`` with pacing and retries."""
@@ -71,12 +73,15 @@ class Caller:
         """
         meter = current_meter.get()
         attempt = 0
+        started: list[float] = []
         while True:
             attempt += 1
+            started.append(self._clock())
             try:
                 answer, latency = await self._attempt(body, token_estimate)
             except CallError as err:
                 err.attempts = attempt
+                err.attempt_timestamps = tuple(started)
                 if not self.policy.should_retry(err, attempt):
                     raise
                 await self._wait_before_retry(err, attempt, meter)
@@ -109,15 +114,25 @@ class Caller:
         latency = self._clock() - started
         self.pacer.observe(RateLimitInfo.from_headers(reply.headers))
         status = reply.status
-        if 200 <= status < 300:
-            return parse_answer(reply.body), latency
-        if 300 <= status < 400:
-            raise ClientError(
-                f"server redirected (HTTP {status}); redirects are not followed so the API key only "
-                "goes to base_url's host: set base_url (OPENAI_BASE_URL) to the final address",
-                status=status,
-            )
-        raise classify_status(status, reply.body, reply.headers)
+        try:
+            if 200 <= status < 300:
+                return parse_answer(reply.body), latency
+            if 300 <= status < 400:
+                raise ClientError(
+                    f"server redirected (HTTP {status}); redirects are not followed so the API key only "
+                    "goes to base_url's host: set base_url (OPENAI_BASE_URL) to the final address",
+                    status=status,
+                )
+            raise classify_status(status, reply.body, reply.headers)
+        except CallError as err:
+            err.body_snippet = self._snippet(reply.body)
+            raise
+
+    def _snippet(self, body: bytes) -> str:
+        """The first characters of a body for a failure report; the API key, if echoed, masked."""
+        text = body[:BODY_SNIPPET_BYTES].decode("utf-8", errors="replace")
+        key = self.config.api_key
+        return text.replace(key, "***") if key else text
 
     async def _wait_before_retry(self, err: CallError, attempt: int, meter: BatchMeter | None) -> None:
         delay = self.policy.delay(err, attempt, self._rng)

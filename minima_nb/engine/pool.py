@@ -4,10 +4,13 @@ Guarantees, each kept by a test:
 
 * results come back in input order, one per input (``None`` results included); a failed row is
   a :class:`MinimaLlmFailure` value in its slot, never an exception that loses the other rows;
-* past ``max_failures`` failed rows, or at the first failure every row would share (401, 403,
+* when failed rows exceed ``max_failures`` (minima-llm's meaning: ``None`` never stops, ``0``
+  stops at the first failure), or at the first failure every row would share (401, 403,
   exhausted quota, or a connection failure before the server has answered anything), the pool
   stops taking work and raises :class:`BatchAborted` carrying every
-  result gathered so far (rows that never ran are ``None``);
+  result gathered so far (rows that never ran are ``None``); its message lists the last
+  ``keep_failure_summaries`` failures, and the first ``print_first_failures`` are printed to
+  stderr as they happen (unless progress is off);
 * a programming error in ``async_fn`` (TypeError, NameError...) cancels every worker and is
   re-raised; cancellation (KeyboardInterrupt through the sync bridge, ``task.cancel()``) cancels
   the workers and re-raises; no task is left running either way;
@@ -20,6 +23,8 @@ The pool knows nothing of HTTP or caches: the backend's ``run_batched`` builds o
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -39,6 +44,13 @@ FATAL_ERROR_TYPES = frozenset({"AuthError"})
 _NOT_RUN: Any = object()
 
 
+class _Default:
+    """Type of :data:`_DEFAULT`: "not given", where ``None`` is a meaningful value."""
+
+
+_DEFAULT = _Default()
+
+
 def default_fatal(result: Any) -> str | None:
     """The abort message when ``result`` is a failure every other row would hit too."""
     if isinstance(result, MinimaLlmFailure) and result.error_type in FATAL_ERROR_TYPES:
@@ -54,14 +66,18 @@ class _Pool(Generic[T, R]):
         items: Sequence[T],
         async_fn: Callable[[T], Awaitable[R]],
         *,
-        max_failures: int,
+        max_failures: int | None,
         weights: Sequence[int] | None,
         fatal: Callable[[Any], str | None] | None,
         meter: BatchMeter,
+        print_first: int = 0,
+        keep_last: int = 20,
     ) -> None:
         self.items = items
         self.async_fn = async_fn
         self.max_failures = max_failures
+        self.print_first = print_first
+        self.recent: deque[str] = deque(maxlen=max(keep_last, 1))
         self.weights = weights
         self.fatal = fatal
         self.meter = meter
@@ -88,6 +104,10 @@ class _Pool(Generic[T, R]):
         if not failed:
             return
         self.failures += 1
+        summary = f"{result.request_id}: {result.error_type}: {result.message}"
+        self.recent.append(summary)
+        if self.failures <= self.print_first:
+            print(f"minima: failure {self.failures}: {summary}", file=sys.stderr)
         reason = self.fatal(result) if self.fatal else None
         if reason is None and result.error_type == "ConnectError" and self.meter.received == 0:
             # Not one HTTP answer yet: a wrong base_url or a server that is down. Every row
@@ -96,10 +116,12 @@ class _Pool(Generic[T, R]):
                 "stopped: the server has not answered a single request of this batch, so every row "
                 f"would fail the same way: {result.error_type}: {result.message}"
             )
-        if reason is None and self.max_failures and self.failures >= self.max_failures:
+        if reason is None and self.max_failures is not None and self.failures > self.max_failures:
+            recent = "\n".join(f"  - {line}" for line in self.recent)
             reason = (
-                f"stopped after {self.failures} failed requests (batch.max_failures={self.max_failures}, "
-                f"BATCH_MAX_FAILURES); last error: {result.error_type}: {result.message}"
+                f"stopped after {self.failures} failed requests, more than batch.max_failures="
+                f"{self.max_failures} (BATCH_MAX_FAILURES; 'none' never stops); last error: "
+                f"{result.error_type}: {result.message}\nRecent failures:\n{recent}"
             )
         if reason is not None and self.abort_reason is None:
             self.abort_reason = reason
@@ -111,10 +133,11 @@ class _Pool(Generic[T, R]):
 async def run_batched_callable(
     items: Sequence[T],
     async_fn: Callable[[T], Awaitable[R]],
-    *,
     batch_config: BatchConfig | None = None,
+    pulse_provider: Callable[[], Any] | None = None,
+    *,
     num_workers: int | None = None,
-    max_failures: int | None = None,
+    max_failures: int | None | _Default = _DEFAULT,
     progress: ProgressArg = True,
     label: str = "minima",
     total: int | None = None,
@@ -128,8 +151,11 @@ async def run_batched_callable(
     ``total``/``cached_rows``/``weights`` let a caller that answered some rows itself (from the
     cache, or by sharing one answer among identical rows) show progress in rows: ``weights[i]``
     is how many rows item ``i`` stands for. ``draw_in_loop=False`` leaves ``sink.draw()`` to the
-    caller's thread (the sync bridge does that in notebooks).
+    caller's thread (the sync bridge does that in notebooks). ``max_failures`` overrides the
+    config's (``None``: never stop). ``pulse_provider`` is accepted for minima-llm's signature;
+    the progress display counts the pool's own rows instead.
     """
+    del pulse_provider
     cfg = batch_config or BatchConfig()
     workers = max(1, min(num_workers or cfg.num_workers, len(items)))
     meter = BatchMeter(total if total is not None else len(items))
@@ -137,8 +163,10 @@ async def run_batched_callable(
     sink = make_sink(progress, label=label, heartbeat_s=cfg.heartbeat_s, stall_s=cfg.stall_s)
     pool = _Pool(
         items, async_fn,
-        max_failures=cfg.max_failures if max_failures is None else max_failures,
+        max_failures=cfg.max_failures if isinstance(max_failures, _Default) else max_failures,
         weights=weights, fatal=fatal, meter=meter,
+        print_first=cfg.print_first_failures if progress not in (False, None) else 0,
+        keep_last=cfg.keep_failure_summaries,
     )
     status = "error"
     ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))

@@ -12,13 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..controls import retry_temperature
 from ..errors import ResponseError
 from ..types import MinimaLlmRequest
-
-# Force-refresh temperature ramp: each refresh of the same prompt nudges the temperature up a
-# little (capped) so a deterministic server can come back with a different answer.
-REFRESH_TEMPERATURE_STEP = 0.05
-REFRESH_TEMPERATURE_MAX = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,11 +55,22 @@ def check_messages(request_id: str, messages: Any) -> None:
 
 
 def build_payload(
-    request: MinimaLlmRequest, model: str, *, refresh_round: int | None = None, seed_base: int = 0
+    request: MinimaLlmRequest,
+    model: str,
+    *,
+    refresh_round: int | None = None,
+    seed_base: int = 0,
+    retry_seed: int = 0,
+    ramp: tuple[float, float] = (0.5, 5.0),
 ) -> dict[str, Any]:
     """The JSON body for ``request``; ``refresh_round`` (0, 1, ...) adds the forced-refresh seed and ramp.
 
-    The caller's own ``seed`` and any explicit non-zero temperature are never overridden.
+    On a forced refresh the body gets a ``seed`` (``retry_seed`` when a retry loop set one,
+    else ``seed_base + refresh_round``) and, when the request asked for no temperature (or 0),
+    ``retry_temperature(refresh_round + 1, *ramp)``: greedy decoding ignores the seed, so a
+    deterministic server would otherwise repeat the very answer being refreshed. The caller's
+    own ``seed`` and any explicit non-zero temperature are never overridden; the cache key
+    stays that of the request as asked, so a refreshed answer replaces the stored one.
     """
     payload: dict[str, Any] = {"model": model, "messages": list(request.messages)}
     if request.temperature is not None:
@@ -73,10 +80,10 @@ def build_payload(
     if request.extra:
         payload.update(request.extra)
     if refresh_round is not None:
-        payload.setdefault("seed", (seed_base + refresh_round) % 2**31)
-        if not payload.get("temperature"):
-            ramp = REFRESH_TEMPERATURE_STEP * (refresh_round + 1)
-            payload["temperature"] = round(min(REFRESH_TEMPERATURE_MAX, ramp), 4)
+        payload.setdefault("seed", retry_seed if retry_seed > 0 else (seed_base + refresh_round) % 2**31)
+        max_temperature, halflife = ramp
+        if not payload.get("temperature") and max_temperature > 0:
+            payload["temperature"] = round(retry_temperature(refresh_round + 1, max_temperature, halflife), 4)
     return payload
 
 

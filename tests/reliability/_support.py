@@ -30,7 +30,7 @@ def fast_config(base_url: str, **overrides: Any) -> MinimaLlmConfig:
     settings: dict[str, Any] = dict(
         base_url=base_url, model=MODEL, api_key="sk-test-reliability", rpm=0, timeout_s=10.0,
         base_backoff_s=0.001, max_backoff_s=0.01, max_retry_after_s=0.01, cooldown_cap_s=0.01,
-        batch={"max_failures": 0},
+        batch={"max_failures": None},
     )
     settings.update(overrides)
     return MinimaLlmConfig(**settings)

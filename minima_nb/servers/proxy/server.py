@@ -18,9 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ...config import MinimaLlmConfig, proxy_token_from_env
+from ...config import MinimaLlmConfig
 from ...engine.backend import OpenAIMinimaLlm
 from ...engine.transport import make_transport
+from ...environment import proxy_token_from_env
 from ...errors import ConfigError
 from .app import DEFAULT_MAX_BODY_BYTES, ProxyApp
 from .metrics import CountingTransport, ProxyMetrics
