@@ -66,7 +66,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         last = None
         while not stop.wait(config.batch.heartbeat_s):
             line = proxy.metrics.line()
-            if line != last:  # quiet while nothing happens
+            if line != last and proxy.metrics.requests:  # quiet while nothing happens
                 print(line, flush=True)
                 last = line
     except KeyboardInterrupt:

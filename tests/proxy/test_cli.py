@@ -36,7 +36,10 @@ def test_serves_and_ends_with_one_line_on_ctrl_c(upstream, cache_dir):
             answer = client.chat.completions.create(model="mock-model",
                                                     messages=[{"role": "user", "content": "cli"}])
         assert answer.choices[0].message.content == "[mock-model] echo: cli"
-        heartbeat = child.stdout.readline()
+        for _ in range(20):  # bounded: the heartbeat that has counted the three requests
+            heartbeat = child.stdout.readline()
+            if not heartbeat.startswith("proxy: ") or "3 requests" in heartbeat:
+                break
         assert heartbeat.startswith("proxy: 3 requests (2 hits, 1 misses)")
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=60)
