@@ -99,12 +99,13 @@ class ProxyApp:
             metrics.in_flight -= 1
 
     async def _answer(self, request: web.Request) -> web.Response:
-        body = await self._read_json(request)
+        raw, body = await self._read_json(request)
         self._ids += 1
         call = chat_call(body, f"proxy-{self._ids}", default_model=self._model,
                          force_model=self._force_model,
                          cache_control=request.headers.get("Cache-Control"))
-        result, hit = await self.relay.answer(call.request, call.no_cache)
+        result, hit = await self.relay.answer(call.request, call.no_cache,
+                                              identity=(call.request.model, raw))
         if isinstance(result, MinimaLlmFailure):
             return self._failure(result)
         assert isinstance(result, MinimaLlmResponse)
@@ -153,7 +154,8 @@ class ProxyApp:
                            "(MINIMA_PROXY_TOKEN); with openai-python that is api_key=<token>",
                            code="invalid_proxy_token", headers={"WWW-Authenticate": "Bearer"})
 
-    async def _read_json(self, request: web.Request) -> object:
+    async def _read_json(self, request: web.Request) -> tuple[bytes, object]:
+        """The body as received and as decoded JSON."""
         limit = self._max_body_bytes
         too_large = ProxyRequestError(
             413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
@@ -167,7 +169,7 @@ class ProxyApp:
         if len(raw) > limit:
             raise too_large
         try:
-            return json.loads(raw)
+            return raw, json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyRequestError(400, f"the request body is not valid JSON ({exc}); send a "
                                     "chat-completions request as a JSON object") from None

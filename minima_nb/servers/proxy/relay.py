@@ -11,6 +11,7 @@ for (it still lands in the cache).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 
 from ...cache import cache_key
 from ...engine.backend import OpenAIMinimaLlm
@@ -27,15 +28,20 @@ class Relay:
         self.backend = backend
         self.metrics = metrics
         self._default_model = backend.config.model
-        self._flights: dict[str, asyncio.Task[MinimaLlmResult]] = {}
+        self._flights: dict[Hashable, asyncio.Task[MinimaLlmResult]] = {}
 
-    async def answer(self, request: MinimaLlmRequest, refresh: bool = False) -> tuple[MinimaLlmResult, bool]:
+    async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
+                     identity: Hashable | None = None) -> tuple[MinimaLlmResult, bool]:
         """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
 
         The result carries the upstream's body in ``raw`` (for a hit, the stored one).
+        ``identity`` names the request among those in flight (default: its cache key); the
+        app passes the model and the body bytes, which identical clients send identically and
+        which cost nothing to compare, so a cache hit does not pay for its key twice.
         """
-        key = cache_key(request.model or self._default_model, request.messages,
-                        request.temperature, request.max_tokens, request.extra)[0]
+        key = identity if identity is not None else cache_key(
+            request.model or self._default_model, request.messages, request.temperature,
+            request.max_tokens, request.extra)[0]
         flight = self._flights.get(key)
         if flight is not None:  # the same request is on its way: share its answer
             result = await asyncio.shield(flight)
@@ -52,7 +58,7 @@ class Relay:
             self.metrics.misses += 1
         return result, result.cached
 
-    def _land(self, key: str, flight: asyncio.Task[MinimaLlmResult]) -> None:
+    def _land(self, key: Hashable, flight: asyncio.Task[MinimaLlmResult]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
