@@ -207,3 +207,11 @@ def test_async_with_and_run(upstream, cache_dir):
         assert served.backend is None
 
     asyncio.run(main())
+
+
+def test_minima_llm_spelling_positional_config_and_verbose(upstream, cache_dir, capsys):
+    with ProxyServer(upstream_config(upstream, cache_dir), port=0, verbose=True) as proxy:
+        for _ in range(2):
+            client_of(proxy).chat.completions.create(model="mock-model", messages=MESSAGES)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["miss", "hit"]

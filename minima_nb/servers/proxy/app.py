@@ -50,12 +50,14 @@ class ProxyApp:
     """The request handlers of one proxy and the application that routes to them."""
 
     def __init__(self, relay: Relay, metrics: ProxyMetrics, *, token: str | None = None,
-                 force_model: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 force_model: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 verbose: bool = False) -> None:
         self.relay = relay
         self.metrics = metrics
         self._expected = f"Bearer {token}".encode() if token else None
         self._force_model = force_model
         self._max_body_bytes = max_body_bytes
+        self._verbose = verbose
         config = relay.backend.config
         self._model = config.model
         self._secret = config.api_key
@@ -106,6 +108,9 @@ class ProxyApp:
                          cache_control=request.headers.get("Cache-Control"))
         result, hit = await self.relay.answer(call.request, call.no_cache,
                                               identity=(call.request.model, raw))
+        if self._verbose:
+            outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
+            print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
         if isinstance(result, MinimaLlmFailure):
             return self._failure(result)
         assert isinstance(result, MinimaLlmResponse)

@@ -49,7 +49,8 @@ class ProxyServer:
     it from :attr:`port` or :attr:`base_url`). ``token`` (default: ``MINIMA_PROXY_TOKEN``)
     makes clients send ``Authorization: Bearer <token>``; it is required to listen on anything
     but loopback. ``force_model=True`` answers every request with ``config.model``, whatever
-    model the client names. Bodies over ``max_body_bytes`` get 413.
+    model the client names. Bodies over ``max_body_bytes`` get 413. ``verbose=True`` prints a
+    line per chat request (minima-llm's option).
 
     >>> with ProxyServer(config, port=0) as proxy:                              # doctest: +SKIP
     ...     client = openai.OpenAI(base_url=proxy.base_url, api_key="anything")
@@ -58,7 +59,7 @@ class ProxyServer:
     def __init__(self, config: MinimaLlmConfig | None = None, *, host: str = "127.0.0.1",
                  port: int = 8990, token: str | None = None, force_model: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 shutdown_timeout_s: float = 10.0) -> None:
+                 shutdown_timeout_s: float = 10.0, verbose: bool = False) -> None:
         config = config if config is not None else MinimaLlmConfig.from_env()
         token = token if token is not None else proxy_token_from_env()
         if not is_loopback(host) and not token:
@@ -75,6 +76,7 @@ class ProxyServer:
         self._token, self._force_model = token or None, force_model
         self._max_body_bytes = max_body_bytes
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._verbose = verbose
         self._backend: OpenAIMinimaLlm | None = None
         self._relay: Relay | None = None
         self._runner: web.AppRunner | None = None
@@ -143,7 +145,7 @@ class ProxyServer:
         backend = OpenAIMinimaLlm(config, transport=upstream)
         relay = Relay(backend, self.metrics)
         app = ProxyApp(relay, self.metrics, token=self._token, force_model=self._force_model,
-                       max_body_bytes=self._max_body_bytes).application()
+                       max_body_bytes=self._max_body_bytes, verbose=self._verbose).application()
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
