@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-PACKAGES = ("minima-nb", "aiohttp", "openai", "litellm", "minima-llm", "httpx", "httptools",
+PACKAGES = ("minima-nb", "aiohttp", "openai", "litellm", "minima-llm", "dspy", "httpx", "httptools",
             "pandas", "pyarrow", "tqdm", "ipywidgets", "PyYAML", "psutil")
 CHILD_TIMEOUT_S = 900
 

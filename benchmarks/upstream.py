@@ -4,7 +4,8 @@ The embedded mock server (``minima_nb.testing.MockServer``, aiohttp.web) serves 
 requests/s, which is close to what a raw aiohttp client can send, so it could become the
 bottleneck it is meant to stay out of. This one is a bare ``asyncio.Protocol`` with the
 ``httptools`` request parser: HTTP/1.1 keep-alive, ``POST /v1/chat/completions`` (also without
-``/v1``) answered with the same chat.completion JSON shape, ``GET /v1/models``, and an optional
+``/v1``) answered with the same chat.completion JSON shape (in DSPy's chat format when the prompt
+asks for it, as the embedded mock does), ``GET /v1/models``, and an optional
 fixed latency per answer (a timer, not a sleeping task).
 
 Run it on its own core::
@@ -24,6 +25,8 @@ import sys
 import time
 
 import httptools
+
+from minima_nb.servers.mock.replies import dspy_answer
 
 MODEL = "mock-model"
 _JSON_HEADERS = "Content-Type: application/json\r\n"
@@ -73,7 +76,10 @@ class Upstream:
             return "400 Bad Request", json.dumps(error).encode()
         self.served += 1
         prompt = _last_user_text(request.get("messages"))
-        text = f"answer {self.served}: {prompt[:48]}"
+        # A DSPy chat-format prompt (scenario 9) gets DSPy's format, one value per output field.
+        text = dspy_answer(prompt) if "[[ ## " in prompt else None
+        if text is None:
+            text = f"answer {self.served}: {prompt[:48]}"
         model = request.get("model") if isinstance(request.get("model"), str) else MODEL
         prompt_tokens = max(1, len(prompt.split()))
         completion_tokens = max(1, len(text.split()))

@@ -56,7 +56,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .compat import Cooldown, RpmGate
+    from .compat import Cooldown, PromptCache, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
     from .engine.pulse import BackendPulse, BackendStats
@@ -69,6 +69,7 @@ _LAZY = {
     "BackendPulse": ".engine.pulse",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
+    "PromptCache": ".compat",
     "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
     "ProxyServer": ".servers.proxy",
@@ -114,6 +115,7 @@ __all__ = [
     "MinimaLlmResult",
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
+    "PromptCache",
     "ProxyServer",
     "RateLimited",
     "RequestTimeout",

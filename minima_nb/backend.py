@@ -6,7 +6,7 @@ runs with ``minima_nb.backend``. New code imports from ``minima_nb``. Nothing is
 
 from __future__ import annotations
 
-from .compat import Cooldown, RpmGate
+from .compat import CacheRow, Cooldown, PromptCache, RpmGate
 from .controls import (
     get_force_refresh,
     get_last_cached,
@@ -25,7 +25,7 @@ from .engine.pool import run_batched_callable
 from .engine.pulse import BackendPulse, BackendStats
 
 __all__ = [
-    "BackendPulse", "BackendStats", "Cooldown", "OpenAIMinimaLlm", "RpmGate", "get_force_refresh",
+    "BackendPulse", "BackendStats", "CacheRow", "Cooldown", "PromptCache", "OpenAIMinimaLlm", "RpmGate", "get_force_refresh",
     "get_last_cached", "get_retry_seed", "reset_debug_trace", "reset_force_refresh",
     "reset_retry_seed", "retry_temperature", "run_batched_callable", "set_debug_trace",
     "set_force_refresh", "set_last_cached", "set_retry_seed",

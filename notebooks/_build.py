@@ -267,10 +267,74 @@ def cache_and_parquet() -> list:
     ]
 
 
+def dspy_judge() -> list:
+    return [
+        new_markdown_cell(
+            "# An LLM-as-judge DSPy program over a DataFrame\n\nA DSPy signature grades candidate "
+            "answers; `df.minima.predict` runs it on every row as one cached batch and returns one "
+            "typed column per output field. Needs `pip install 'minima-nb[dspy]'`.\n\n" + SETUP_NOTE
+            + " The mock server answers DSPy's format with deterministic made-up verdicts, so the "
+            "shape of the results is meaningful, the grades are not."
+        ),
+        new_code_cell(SETUP),
+        new_code_cell(
+            "from typing import Literal\n\n"
+            "import dspy\n\n"
+            "from minima_nb.dspy_adapter import MinimaLlmDSPyLM\n\n\n"
+            "class Judge(dspy.Signature):\n"
+            '    """Is the proposed answer to the question correct? Score it from 1 to 5."""\n\n'
+            "    question: str = dspy.InputField()\n"
+            "    answer: str = dspy.InputField(desc=\"the proposed answer\")\n"
+            "    verdict: Literal[\"correct\", \"incorrect\"] = dspy.OutputField()\n"
+            "    score: float = dspy.OutputField(desc=\"1 (wrong) to 5 (right)\")\n\n\n"
+            "dspy.configure(lm=MinimaLlmDSPyLM(backend))\n"
+            "qa = pd.DataFrame({\n"
+            '    "question": ["What is 2+2?", "Capital of France?", "Largest planet in the solar system?",\n'
+            '                 "Author of Pride and Prejudice?", "Chemical symbol for gold?"],\n'
+            '    "answer": ["4", "Lyon", "Jupiter", "Charlotte Bronte", "Au"],\n'
+            "})\n"
+            "qa"
+        ),
+        new_markdown_cell(
+            "## Judge every row\n\nOne row per input row, one column per output field "
+            "(`reasoning` comes from ChainOfThought). The bar is the same as `generate`'s."
+        ),
+        new_code_cell(
+            "judged = qa.minima.predict(dspy.ChainOfThought(Judge))\n"
+            "graded = qa.join(judged)\n"
+            "graded"
+        ),
+        new_markdown_cell(
+            "## Again, from the cache\n\n`details=True` adds `cached`, `error`, `attempts` and the "
+            "token counts. The second run sends no request."
+        ),
+        new_code_cell(
+            "details = qa.minima.predict(dspy.ChainOfThought(Judge), details=True)\n"
+            'details[["verdict", "score", "cached", "attempts", "error"]]'
+        ),
+        new_markdown_cell("## The awaitable form\n\n`await df.minima.apredict(...)` works from a cell too."),
+        new_code_cell(
+            'quick = await qa.minima.apredict(dspy.Predict(Judge), progress=False)\n'
+            'print(quick["verdict"].value_counts().to_dict())\n'
+            'print("mean score", round(float(quick["score"].mean()), 2))'
+        ),
+        new_markdown_cell("## Check\n\nThe test suite runs this notebook; this cell states what it expects."),
+        new_code_cell(
+            'assert list(judged.columns) == ["reasoning", "verdict", "score"]\n'
+            'assert judged.index.equals(qa.index) and str(judged["score"].dtype) == "Float64"\n'
+            'assert set(judged["verdict"].dropna()) <= {"correct", "incorrect"}\n'
+            'assert details["cached"].all() and details["error"].isna().all()\n'
+            'assert len(quick) == len(qa)\n'
+            'print("dspy judge ok")'
+        ),
+    ]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": quickstart,
     "02_eval_sweep.ipynb": eval_sweep,
     "03_cache_and_parquet.ipynb": cache_and_parquet,
+    "04_dspy_judge.ipynb": dspy_judge,
 }
 
 

@@ -27,7 +27,8 @@ from minima_nb.config import ENV_VARS
 from minima_nb.testing import MockServer
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb",
+             "04_dspy_judge.ipynb"]
 WHERE_AM_I = "import sys\nprint(sys.executable, sys.prefix)"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CELL_TIMEOUT_S = 60
@@ -133,9 +134,11 @@ class Kernel:
                 cell["idle"] = cell["idle"] or msg["content"]["execution_state"] == "idle"
             elif msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
                 cell["outputs"].append({"output_type": msg["msg_type"], **msg["content"]})
-        for _ in ids:
+        while any(c["status"] is None for c in cells.values()):
             reply = self.kc.get_shell_msg(timeout=CELL_TIMEOUT_S)
-            cells[reply["parent_header"]["msg_id"]]["status"] = reply["content"]["status"]
+            cell = cells.get(reply["parent_header"].get("msg_id"))
+            if cell is not None:  # a late kernel_info reply (from wait_for_ready) is not ours
+                cell["status"] = reply["content"]["status"]
         return [cells[i] for i in ids]
 
     def close(self) -> None:
@@ -210,3 +213,31 @@ def test_interrupted_generate_keeps_kernel_and_finished_rows(kernel, kernel_env)
     with sqlite3.connect(kernel_env / CACHE_FILENAME) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     assert 0 < rows < total
+
+
+def test_dspy_sync_and_async_calls_in_a_kernel(kernel):
+    """MinimaLlmDSPyLM in a real kernel: a sync call in a cell, top-level await, gather, .batch()."""
+    setup = _load_builder().SETUP + (
+        "\nimport asyncio, dspy\n"
+        "from minima_nb.dspy_adapter import MinimaLlmDSPyLM\n"
+        "class QA(dspy.Signature):\n"
+        "    question = dspy.InputField()\n"
+        "    answer = dspy.OutputField()\n"
+        "dspy.configure(lm=MinimaLlmDSPyLM(backend))"
+    )
+    cells = [
+        WHERE_AM_I,
+        setup,
+        'print("sync", dspy.Predict(QA)(question="What is 2+2?").answer)',
+        'r = await dspy.ChainOfThought(QA).acall(question="Capital of France?")\nprint("async", r.answer)',
+        'rs = await asyncio.gather(*[dspy.Predict(QA).acall(question=f"g{i}") for i in range(20)])\n'
+        'print("gather", sum(p.answer == f"answer for: g{i}" for i, p in enumerate(rs)))',
+        'ex = [dspy.Example(question=f"b{i}").with_inputs("question") for i in range(12)]\n'
+        'out = dspy.Predict(QA).batch(ex, num_threads=4, disable_progress_bar=True)\n'
+        'print("batch", len(out))',
+    ]
+    results = kernel.run_all(cells)
+    _assert_own_interpreter(_text(results[0]["outputs"]))
+    assert [r["status"] for r in results] == ["ok"] * len(cells), [r["outputs"] for r in results]
+    texts = [_text(r["outputs"]).strip() for r in results[2:]]
+    assert texts == ["sync 4", "async Paris", "gather 20", "batch 12"]

@@ -46,7 +46,7 @@ from minima_nb.compat import RateLimitInfo
 
 # Names of minima-llm's __all__ that arrive with the batch-API and proxy issues and the
 # predecessor's cache face; this set only shrinks, and the successor issue closes at empty.
-NOT_YET = {"PromptCache", "batch_status_overview", "cancel_batch", "cancel_all_batches",
+NOT_YET = {"batch_status_overview", "cancel_batch", "cancel_all_batches",
            "cancel_all_local_batches"}
 
 
@@ -351,3 +351,29 @@ def test_the_readme_successor_section_covers_every_name_and_variable_of_minima_l
     variables |= set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', importlib.resources.files("minima_llm")
                                 .joinpath("backend.py").read_text()))
     assert len(variables) > 20 and variables <= mentioned, variables - mentioned
+
+
+def test_prompt_cache_face_reads_and_writes_minima_llms_own_table(tmp_path):
+    """Rows put through minima_nb.PromptCache are read by minima-llm's PromptCache, and back."""
+    from minima_llm.backend import PromptCache as TheirPromptCache
+
+    from minima_nb import PromptCache
+
+    path = tmp_path / "minima_llm.db"
+    ours = PromptCache(path)
+    ours.put("k-old", "old", {"id": "a"}, created_at=1.0)
+    ours.put("k-new", "new", None, model="m", canonical="{}")
+    theirs = TheirPromptCache(str(path))
+    assert theirs.get("k-old") == ("old", {"id": "a"}) and theirs.get("k-new") == ("new", None)
+    theirs.put("k-theirs", "from minima-llm", {"x": 1})
+    theirs.close()
+    assert ours.get("k-theirs") == ("from minima-llm", {"x": 1}) and ours.get("absent") is None
+    assert ours.get_newest(["k-old", "k-new", "absent"]).text == "new"
+    assert ours.get_row("k-old").created_at == 1.0
+    ours.close()
+    reader = PromptCache(path, read_only=True)
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.put("k", "t", None)
+    reader.close()
+    with pytest.raises(FileNotFoundError):
+        PromptCache(tmp_path / "none.db", read_only=True)

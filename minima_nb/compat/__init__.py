@@ -5,5 +5,6 @@ own part (the pacer, the cache), so code that used them runs with only the impor
 """
 
 from .gates import Cooldown, RateLimitInfo, RpmGate
+from .promptcache import CacheRow, PromptCache
 
-__all__ = ["Cooldown", "RateLimitInfo", "RpmGate"]
+__all__ = ["CacheRow", "Cooldown", "PromptCache", "RateLimitInfo", "RpmGate"]

@@ -1,4 +1,4 @@
-"""The pandas accessor ``minima``: ``df.minima.generate("prompt")``, ``agenerate`` and ``sweep``.
+"""The pandas accessor ``minima``: ``df.minima.generate("prompt")``, ``agenerate``, ``sweep``, ``predict``.
 
 It owns the notebook-facing surface: the methods, their arguments and their documentation. A
 call turns a column (strings or chat message lists) or a ``{field}`` template into one prompt
@@ -111,6 +111,40 @@ class MinimaFrameAccessor:
                                _call_params(model, temperature, max_tokens, extra))
         value, warning = await job.arun(backend, details=details, progress=progress,
                                         force_refresh=force_refresh)
+        _warn(warning)
+        return value
+
+    def predict(self, program: Any, *, inputs: Mapping[str, str] | None = None, details: bool = False,
+                progress: Any = True, backend: Any = None, force_refresh: bool = False) -> pd.DataFrame:
+        """Run a DSPy program on every row; a DataFrame with one column per output field.
+
+        ``program`` is any DSPy module (``dspy.Predict(Sig)``, ``dspy.ChainOfThought(Sig)``, your
+        own). Its input fields come from the same-named columns, or ``inputs={"field": "column"}``.
+        All rows run as one batch on the engine, with the progress display of :meth:`generate`.
+        A row that fails is ``<NA>`` (one warning counts them); ``details=True`` adds ``cached``,
+        ``error``, ``attempts``, ``input_tokens`` and ``output_tokens``. Every LM call is cached,
+        so running the same call again sends nothing. Needs ``pip install 'minima-nb[dspy]'``.
+
+        >>> out = df.minima.predict(dspy.ChainOfThought("question -> answer"))  # doctest: +SKIP
+        """
+        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        value, warning = job.run(details=details, progress=progress)
+        _warn(warning)
+        return value
+
+    async def apredict(self, program: Any, *, inputs: Mapping[str, str] | None = None,
+                       details: bool = False, progress: Any = True, backend: Any = None,
+                       force_refresh: bool = False) -> pd.DataFrame:
+        """:meth:`predict`, awaitable: ``out = await df.minima.apredict(program)``.
+
+        >>> out = await df.minima.apredict(dspy.Predict("question -> answer"))  # doctest: +SKIP
+        """
+        from ..integrations.dspy.frame import PredictJob
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        value, warning = await job.arun(details=details, progress=progress)
         _warn(warning)
         return value
 

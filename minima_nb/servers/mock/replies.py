@@ -3,22 +3,25 @@
 ``testing.MockServer`` owns the sockets, the scripted and random faults and the rate window;
 this module owns the replies themselves, so their wording and headers can be read (and tested)
 in one place: the error body per HTTP status, the fault kinds a test may script, the answer a
-prompt gets (a few known facts, else an echo), the crude token count and OpenAI's duration
-format for the reset headers.
+prompt gets (a few known facts, DSPy's chat format when the prompt asks for it, else an echo),
+the crude token count and OpenAI's duration format for the reset headers.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 __all__ = [
-    "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY", "MOCK_MODELS",
-    "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens", "error_response",
-    "json_response", "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
+    "DSPY_REPLIES", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY",
+    "MOCK_MODELS", "RATE_LIMITED", "TOKEN_LIMIT", "check_kinds", "content_text", "count_tokens",
+    "check_dspy_variant", "dspy_answer", "echo_credentials", "error_response", "json_response", "last_user_text", "mock_answer",
+    "openai_duration", "ratelimit_headers", "truncate",
 ]
 
 MOCK_MODELS = ("mock-model", "mock-model-large")
@@ -72,6 +75,69 @@ def mock_answer(messages: list[dict], model: str) -> str:
     if prompt in KNOWN_ANSWERS:
         return KNOWN_ANSWERS[prompt]
     return f"[{model}] echo: {prompt[:200]}"
+
+
+# -- DSPy's chat format ---------------------------------------------------------------------
+# DSPy's ChatAdapter ends the user message with "Respond with the corresponding output fields,
+# starting with the field `[[ ## a ## ]]`, then `[[ ## b ## ]]` (must be formatted as a valid
+# Python float), and then ending with the marker for `[[ ## completed ## ]]`." The mock reads the
+# output fields (and their types) from that sentence and answers each one deterministically.
+#   exact             every field under its header, as DSPy writes them
+#   sloppy            what models really write: a preamble, headers without inner spaces and
+#                     capitalised, a field mid-line, "4/5" for a score (TolerantChatAdapter only)
+#   missing           the last output field left out (no parser can succeed)
+#   missing-unseeded  "missing" unless the request carries a seed (a forced-refresh retry)
+DSPY_REPLIES = ("exact", "sloppy", "missing", "missing-unseeded")
+_DSPY_ASK = re.compile(r"Respond with the corresponding output fields, starting with the field (.*?), "
+                       r"and then ending with the marker for `\[\[ ## completed ## \]\]`", re.S)
+_DSPY_FIELD = re.compile(r"`\[\[ ## (\w+) ## \]\]`(?: \(must be formatted as a valid Python ([^)]*)\))?")
+_DSPY_INPUT = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", re.S)
+
+
+def _dspy_value(name: str, kind: str, first_input: str, digest: int) -> str:
+    optional = re.fullmatch(r"(?:Optional\[(.*)\]|(.*?) \| None)", kind)
+    if optional:
+        kind = optional.group(1) or optional.group(2)
+    if kind in ("float", "int"):
+        score = 1 + digest % 5
+        return f"{score}.0" if kind == "float" else str(score)
+    if kind == "bool":
+        return "True" if digest % 2 == 0 else "False"
+    options = re.findall(r"'([^']*)'|\"([^\"]*)\"", kind) if kind.startswith("Literal") else []
+    if options:
+        values = [a or b for a, b in options]
+        return values[digest % len(values)]
+    if kind.startswith("list"):
+        return json.dumps([f"{name} 1", f"{name} 2"])
+    if kind:
+        return "{}"
+    if name == "reasoning":
+        return f"Considering: {first_input[:80]}"
+    return KNOWN_ANSWERS.get(first_input.strip(), f"{name} for: {first_input[:80]}")
+
+
+def dspy_answer(prompt: str, variant: str = "exact", *, seeded: bool = False) -> str | None:
+    """DSPy chat-format completion for a prompt that asks for one (else None), in ``variant``."""
+    ask = _DSPY_ASK.search(prompt)
+    if ask is None:
+        return None
+    fields = [(name, kind or "") for name, kind in _DSPY_FIELD.findall(ask.group(1))]
+    inputs = [value.strip() for name, value in _DSPY_INPUT.findall(prompt[: ask.start()])]
+    first_input = inputs[0] if inputs else ""
+    digest = zlib.crc32("\n".join(inputs).encode())
+    values = [(name, _dspy_value(name, kind, first_input, digest)) for name, kind in fields]
+    if variant == "missing-unseeded":
+        variant = "exact" if seeded else "missing"
+    if variant == "missing":
+        values = values[:-1]
+    if variant == "sloppy":
+        parts = []
+        for i, (name, value) in enumerate(values):
+            shown = f"{value.split('.')[0]}/5" if fields[i][1] in ("float", "int") else value
+            parts.append(f"[[## {name.capitalize()} ##]] {shown}" if i % 2 else f"[[## {name.upper()} ##]]\n{shown}")
+        return "Sure! Here is my answer. " + "\n".join(parts) + "\n[[## completed ##]]"
+    body = "".join(f"[[ ## {name} ## ]]\n{value}\n\n" for name, value in values)
+    return body + "[[ ## completed ## ]]"
 
 
 def count_tokens(text: str) -> int:
@@ -135,3 +201,21 @@ def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(FAULT_KINDS)}")
     return kinds
+
+
+def echo_credentials(response: web.Response, authorization: str) -> web.Response:
+    """The same error with the received Authorization header quoted in its message."""
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)):  # json_response's bodies are bytes
+        raise TypeError(f"expected a JSON error body, not {type(body).__name__}")
+    payload = json.loads(body)
+    payload["error"]["message"] += f" (request had Authorization: {authorization})"
+    dropped = ("content-length", "content-type")  # set again by json_response
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
+    return json_response(response.status, payload, headers)
+
+
+def check_dspy_variant(variant: str) -> str:
+    if variant not in DSPY_REPLIES:
+        raise ValueError(f"unknown dspy_replies {variant!r}; known: {list(DSPY_REPLIES)}")
+    return variant

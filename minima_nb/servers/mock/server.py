@@ -12,6 +12,10 @@ the next request will be admitted again. ``rate_window_s`` enforces the same per
 over a shorter window (as OpenAI does: "60 rpm" may be enforced as 1 request per second), so a
 storm test does not need minutes.
 
+A prompt in DSPy's chat format (it asks for ``[[ ## field ## ]]`` output fields) is answered in
+that format, one deterministic value per field; ``dspy_replies`` picks a well-formed,
+sloppy-but-readable or incomplete variant for the parser tests (``replies.DSPY_REPLIES``).
+
 Further fault modes for the reliability suite: ``max_body_bytes`` answers 413 to larger bodies,
 ``redirect_to`` answers every chat request with a redirect elsewhere, and ``echo_credentials``
 quotes the received Authorization header in every error body (as some servers and proxies do).
@@ -40,9 +44,12 @@ from .replies import (
     MALFORMED_BODY,
     MOCK_MODELS,
     RATE_LIMITED,
+    check_dspy_variant,
     check_kinds,
     content_text,
     count_tokens,
+    dspy_answer,
+    echo_credentials,
     error_response,
     json_response,
     last_user_text,
@@ -75,7 +82,8 @@ class MockServer:
                  require_api_key: str | None = None,
                  clock: Callable[[], float] = time.monotonic, rate_window_s: float = _WINDOW_S,
                  max_body_bytes: int | None = None, redirect_to: str | None = None,
-                 redirect_status: int = 307, echo_credentials: bool = False) -> None:
+                 redirect_status: int = 307, echo_credentials: bool = False,
+                 dspy_replies: str = "exact") -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
         if rate_window_s <= 0:
@@ -90,6 +98,7 @@ class MockServer:
         self._rate_window_s, self._max_body_bytes = rate_window_s, max_body_bytes
         self._redirect = (redirect_status, redirect_to) if redirect_to else None
         self._echo_credentials = echo_credentials
+        self._dspy_replies = check_dspy_variant(dspy_replies)
         self._lock = threading.Lock()  # handlers run on the server loop, tests read elsewhere
         self._scripts: dict[str, deque[str]] = {}
         self._window: deque[float] = deque()
@@ -131,6 +140,10 @@ class MockServer:
             raise ValueError(f"rate_limit must be a positive number of requests/minute, got {rpm}")
         with self._lock:
             self._rate_limit = rpm
+
+    def set_dspy_replies(self, variant: str) -> None:
+        """Answer DSPy chat-format prompts in ``variant`` from now on (see ``replies.DSPY_REPLIES``)."""
+        self._dspy_replies = check_dspy_variant(variant)
 
     def reset_counts(self) -> None:
         """Zero every counter (scripts and the rate-limit window are kept)."""
@@ -261,7 +274,7 @@ class MockServer:
         else:
             response, status = await self._respond(request, body, prompt)
         if self._echo_credentials and status >= 400 and isinstance(response, web.Response):
-            response = _echo_credentials(response, request.headers.get("Authorization", ""))
+            response = echo_credentials(response, request.headers.get("Authorization", ""))
         with self._lock:
             self._by_status[status] += 1
         return response
@@ -321,7 +334,9 @@ class MockServer:
         model = str(body.get("model") or MOCK_MODELS[0])
         raw_messages = body.get("messages")
         messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
-        text = mock_answer(messages, model)
+        text = dspy_answer(last_user_text(messages), self._dspy_replies, seeded=body.get("seed") is not None)
+        if text is None:
+            text = mock_answer(messages, model)
         if body.get("seed") is not None:
             text += f" (t={body.get('temperature')}, seed={body['seed']})"
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
@@ -366,18 +381,6 @@ class MockServer:
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)
         return error_response(status, headers), status
-
-
-def _echo_credentials(response: web.Response, authorization: str) -> web.Response:
-    """The same error with the received Authorization header quoted in its message."""
-    body = response.body
-    if not isinstance(body, (bytes, bytearray)):  # json_response's bodies are bytes
-        raise TypeError(f"expected a JSON error body, not {type(body).__name__}")
-    payload = json.loads(body)
-    payload["error"]["message"] += f" (request had Authorization: {authorization})"
-    dropped = ("content-length", "content-type")  # set again by json_response
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
-    return json_response(response.status, payload, headers)
 
 
 async def _drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:

@@ -1,0 +1,271 @@
+"""``df.minima.predict(program)``: a DSPy program over a DataFrame, one row per row, one column per output.
+
+The program (Predict, ChainOfThought, or any Module making several LM calls) runs once per row
+with its input fields read from the same-named columns (or ``inputs={"field": "column"}``). All
+rows are ONE batch on the engine (:mod:`minima_nb.notebook.predict`): ``max_outstanding`` rows
+in flight rather than DSPy's 8 threads, the progress display of ``generate``, the failure
+budget. A row whose program fails (a request that failed for good, an answer that never parses
+after ``max_attempts`` forced-refresh retries) is ``<NA>`` with its reason in ``details=True``;
+it never costs the other rows. Every LM call is in the prompt cache, so a re-run sends nothing.
+
+The LM is a ``MinimaLlmDSPyLM`` on ``backend`` (default: the backend of a configured
+``MinimaLlmDSPyLM``, else ``minima_nb.configure``'s); the adapter is the configured DSPy adapter,
+else ``TolerantChatAdapter``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import dspy
+import pandas as pd
+
+from ...controls import reset_retry_seed, set_retry_seed
+from ...errors import BatchAborted
+from ...notebook import session
+from ...notebook.jobs import _arun, _run
+from ...notebook.predict import RowOutputs, arun_rows, outputs_frame, run_rows
+from ...types import MinimaLlmFailure, MinimaLlmResponse
+from .direct import DirectPlan, direct_plan
+from .engines import CallLog, current_log
+from .lm import MinimaLlmDSPyLM
+from .parsing import TolerantChatAdapter
+from .program import predict_with_retries
+
+__all__ = ["PredictJob"]
+
+LABEL = "minima predict"
+PARTIAL_NOTE = (
+    "minima_nb: the rows that finished are in exc.partial (aligned to your index) and their LM "
+    "calls are in the cache: run the same call again to resume."
+)
+
+
+def _signature(program: Any) -> Any:
+    if isinstance(program, dspy.Predict):
+        return program.signature
+    predictors = program.predictors() if hasattr(program, "predictors") else []
+    return predictors[0].signature if len(predictors) == 1 else None
+
+
+def _input_names(program: Any, signature: Any) -> list[str]:
+    if signature is not None:
+        return list(signature.input_fields)
+    forward = getattr(program, "forward", None)
+    params = inspect.signature(forward).parameters.values() if callable(forward) else []
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if named:
+        return named
+    predictors = program.predictors() if hasattr(program, "predictors") else []
+    if predictors:
+        return list(predictors[0].signature.input_fields)
+    raise TypeError(f"predict: cannot tell the input fields of {type(program).__name__}; pass inputs={{...}}")
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array: a value
+        return False
+
+
+def _default_backend() -> Any:
+    lm = dspy.settings.lm
+    if isinstance(lm, MinimaLlmDSPyLM):
+        return lm.backend
+    return session.get_backend()
+
+
+class PredictJob:
+    """One ``df.minima.predict`` call: the rows' inputs, the row coroutine, the result frame."""
+
+    def __init__(self, frame: pd.DataFrame, program: Any, inputs: Mapping[str, str] | None,
+                 backend: Any, force_refresh: bool) -> None:
+        if not callable(getattr(program, "acall", None)):
+            raise TypeError(f"predict() takes a DSPy module (dspy.Predict, dspy.ChainOfThought...), "
+                            f"not {type(program).__name__}")
+        signature = _signature(program)
+        columns = dict(inputs) if inputs is not None else {n: n for n in _input_names(program, signature)}
+        absent = sorted(f"{field!r} (column {col!r})" for field, col in columns.items() if col not in frame.columns)
+        if absent:
+            raise KeyError(f"predict: no column for input field(s) {', '.join(absent)}; name the columns "
+                           f"with inputs={{'field': 'column'}} (columns: {list(frame.columns)[:20]})")
+        self.index = frame.index
+        self.outputs = list(signature.output_fields) if signature is not None else []
+        data = {field: frame[col].tolist() for field, col in columns.items()}
+        self.rows = [{field: data[field][i] for field in columns} for i in range(len(frame))]
+        self.program = program
+        self.backend = _default_backend() if backend is None else backend
+        self.lm = MinimaLlmDSPyLM(self.backend)
+        self.adapter = dspy.settings.adapter or TolerantChatAdapter()
+        self.force_refresh = force_refresh
+        self.info: list[dict[str, Any]] = [{} for _ in self.rows]
+        self.todo = []
+        for i, row in enumerate(self.rows):
+            gaps = [field for field, value in row.items() if _missing(value)]
+            if gaps:
+                self.info[i] = {"error": f"missing input: {', '.join(gaps)}"}
+            else:
+                self.todo.append(i)
+
+    async def row(self, position: int) -> Any:
+        """Run the program on one row; a failure is returned, never raised (programming errors are)."""
+        log = CallLog()
+        token = current_log.set(log)
+        context: dict[str, Any] = {"lm": self.lm, "adapter": self.adapter}
+        if self.force_refresh:
+            context["force_refresh"] = True
+        try:
+            with dspy.context(**context):
+                result = await predict_with_retries(
+                    self.program, self.rows[position], request_id=f"row-{position}",
+                    max_attempts=int(getattr(self.backend.config, "max_attempts", 1)))
+        finally:
+            current_log.reset(token)
+        self.info[position] = {"cached": log.calls > 0 and log.cached == log.calls,
+                               "attempts": log.attempts, "input_tokens": log.input_tokens,
+                               "output_tokens": log.output_tokens}
+        if isinstance(result, MinimaLlmFailure):
+            return result
+        return RowOutputs(result.items(), cached=self.info[position]["cached"])
+
+    def shape(self, ran: list[Any], details: bool) -> tuple[pd.DataFrame, str | None]:
+        results: list[Any] = [None] * len(self.rows)
+        for position, result in zip(self.todo, ran, strict=True):
+            results[position] = result
+        fields = list(self.outputs)
+        for result in results:  # a custom Module's outputs are known from its predictions only
+            if isinstance(result, Mapping):
+                fields += [k for k in result if k not in fields]
+        frame = outputs_frame(results, self.index, fields, details, self.info)
+        return frame, _warning(results, len(self.rows) - len(self.todo))
+
+    # -- the direct route (direct.py): one run_batched, then parse; parse failures sent again --
+
+    def _direct_requests(self) -> tuple[DirectPlan, list[Any]] | None:
+        plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
+        if plan is None or not self.todo:
+            return None
+        requests = [plan.request(p, self.rows[p]) for p in self.todo]
+        return None if any(r is None for r in requests) else (plan, requests)
+
+    def _settle(self, plan: DirectPlan, answers: list[Any], waiting: list[int], ran: list[Any]) -> list[int]:
+        """Record each answer of ``waiting`` (indexes into todo); return those to send again."""
+        again = []
+        for k, answer in zip(waiting, answers, strict=True):
+            position = self.todo[k]
+            info = self.info[position]
+            attempts = info.get("attempts", 0) + (getattr(answer, "attempts", 0) or 0)
+            cached = isinstance(answer, MinimaLlmResponse) and answer.cached
+            billed = isinstance(answer, MinimaLlmResponse) and not answer.cached
+            self.info[position] = {
+                "cached": cached and not info.get("tried"), "attempts": attempts, "tried": True,
+                "input_tokens": _add(info.get("input_tokens"), answer.input_tokens if billed else None),
+                "output_tokens": _add(info.get("output_tokens"), answer.output_tokens if billed else None)}
+            outputs = plan.outputs(answer)
+            if isinstance(outputs, MinimaLlmFailure):
+                ran[k] = outputs
+                if outputs.error_type == "AdapterParseError":
+                    again.append(k)
+            else:
+                ran[k] = RowOutputs(outputs, cached=cached)
+        return again
+
+    def _run_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
+        ran: list[Any] = [None] * len(requests)
+        waiting = list(range(len(requests)))
+        for attempt in range(self._max_attempts()):
+            token = set_retry_seed(attempt) if attempt else None  # read by the batch's tasks
+            try:
+                answers = _run(self.backend, [requests[k] for k in waiting], progress=progress,
+                               force_refresh=self.force_refresh or attempt > 0, label=_label(attempt),
+                               cached_rows=0)
+            finally:
+                if token is not None:
+                    reset_retry_seed(token)
+            waiting = self._settle(plan, answers, waiting, ran)
+            if not waiting:
+                break
+        return ran
+
+    async def _arun_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
+        ran: list[Any] = [None] * len(requests)
+        waiting = list(range(len(requests)))
+        for attempt in range(self._max_attempts()):
+            token = set_retry_seed(attempt) if attempt else None
+            try:
+                answers = await _arun(self.backend, [requests[k] for k in waiting], progress=progress,
+                                      force_refresh=self.force_refresh or attempt > 0,
+                                      label=_label(attempt), cached_rows=0)
+            finally:
+                if token is not None:
+                    reset_retry_seed(token)
+            waiting = self._settle(plan, answers, waiting, ran)
+            if not waiting:
+                break
+        return ran
+
+    def _max_attempts(self) -> int:
+        return max(1, int(getattr(self.backend.config, "max_attempts", 1)))
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        direct = self._direct_requests()
+        try:
+            if direct is not None:
+                ran = self._run_direct(*direct, progress)
+            else:
+                ran = run_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL) if self.todo else []
+        except Exception as exc:
+            self._note_partial(exc, direct)
+            raise
+        return self.shape(ran, details)
+
+    async def arun(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        direct = self._direct_requests()
+        try:
+            if direct is not None:
+                ran = await self._arun_direct(*direct, progress)
+            else:
+                ran = await arun_rows(self.backend, self.todo, self.row, progress=progress,
+                                      label=LABEL) if self.todo else []
+        except Exception as exc:
+            self._note_partial(exc, direct)
+            raise
+        return self.shape(ran, details)
+
+    def _note_partial(self, exc: Exception, direct: tuple[DirectPlan, list[Any]] | None) -> None:
+        if not isinstance(exc, BatchAborted):
+            return
+        results = list(exc.results)
+        if direct is not None:  # run_batched's answers, of the first round or of a retry round
+            if len(results) != len(self.todo):
+                results = [None] * len(self.todo)
+            results = [r if r is None else direct[0].outputs(r) for r in results]
+            results = [RowOutputs(r) if isinstance(r, dict) else r for r in results]
+        exc.partial = self.shape(results, True)[0]
+        if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
+            exc.add_note(PARTIAL_NOTE)
+
+
+def _label(attempt: int) -> str:
+    return LABEL if attempt == 0 else f"{LABEL} (parse retry {attempt})"
+
+
+def _add(total: int | None, more: int | None) -> int | None:
+    return total if more is None else (total or 0) + more
+
+
+def _warning(results: list[Any], missing: int) -> str | None:
+    failures = [r for r in results if isinstance(r, MinimaLlmFailure)]
+    if not failures:
+        return None
+    first = failures[0]
+    text = (f"minima predict: {len(failures):,} of {len(results):,} rows failed and are <NA> "
+            f"(first error: {first.error_type}: {first.message[:200]})")
+    if missing:
+        text += f"; {missing:,} rows had a missing input and were not run"
+    return text + ". Use details=True to see why each row failed."
