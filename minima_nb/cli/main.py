@@ -14,6 +14,7 @@ from .._version import __version__
 from .args import PROG, OneLineErrorParser
 from .cache import add_cache_command
 from .mock import add_mock_server_command
+from .proxy import add_proxy_command
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                        parser_class=OneLineErrorParser)
     add_mock_server_command(subparsers)
     add_cache_command(subparsers)
+    add_proxy_command(subparsers)
     return parser
 
 

@@ -166,8 +166,9 @@ class ClusterProgress:
         per_s = (counts["done"] - done0) / (now - t0) if now - t0 > 0.5 else (
             counts["done"] / elapsed if elapsed > 0 else 0.0)
         remaining = counts["total"] - counts["done"]
+        fields: dict[str, Any] = dict(counts)  # the row counts; the preview fields keep their defaults
         return BatchSnapshot(
-            **counts, rpm=per_s * 60.0, elapsed_s=elapsed,
+            **fields, rpm=per_s * 60.0, elapsed_s=elapsed,
             eta_s=remaining / per_s if per_s > 0 else (0.0 if remaining == 0 else None),
             idle_s=now - last_done_at,
             mean_latency_s=latency_sum / counts["received"] if counts["received"] else None,
