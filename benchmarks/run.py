@@ -1,7 +1,7 @@
 """``python -m benchmarks.run``: every scenario, side by side, into benchmarks/RESULTS.md.
 
 Starts the fast upstream (0 ms and 50 ms latency, each in its own process on the last core),
-checks its capacity with wrk when installed, runs the scenarios (1-7, and 9: DSPy) (every client in a fresh
+checks its capacity with wrk when installed, runs the scenarios (1-9: 8 is the caching proxy, 9 DSPy) (every client in a fresh
 process pinned to core 0, several rounds in rotating order), prints each table as it is done
 and writes ``benchmarks/RESULTS.md``. The whole run takes about 10-15 minutes on 2 cores.
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from . import report
 from .harness import Upstream, machine, wrk_capacity
 from .scenarios_batchapi import scenario_batchapi
+from .scenarios_dask import scenario_dask
 from .scenarios_data import scenario_cached_rerun, scenario_export, scenario_memory
 from .scenarios_dspy import scenario_dspy
 from .scenarios_http import (
@@ -31,13 +32,16 @@ from .scenarios_http import (
     scenario_pacing,
     scenario_throughput,
 )
+from .scenarios_proxy import scenario_proxy
 
 HERE = Path(__file__).resolve().parent
 FULL = {"n_throughput": 5_000, "n_latency": 2_000, "n_rerun": 100_000, "n_memory": 20_000,
-        "export_sizes": (200_000, 1_000_000), "n_dspy": 2_000, "n_dspy_rerun": 10_000,
+        "export_sizes": (200_000, 1_000_000), "n_proxy": 5_000, "n_proxy_hits": 20_000,
+        "n_dspy": 2_000, "n_dspy_rerun": 10_000,
         "batch_sizes": (200_000, 1_000_000)}
 QUICK = {"n_throughput": 1_000, "n_latency": 500, "n_rerun": 10_000, "n_memory": 2_000,
-         "export_sizes": (20_000, 100_000), "n_dspy": 500, "n_dspy_rerun": 2_000,
+         "export_sizes": (20_000, 100_000), "n_proxy": 1_000, "n_proxy_hits": 2_000,
+         "n_dspy": 500, "n_dspy_rerun": 2_000,
          "batch_sizes": (20_000, 100_000)}
 
 
@@ -48,7 +52,7 @@ def log(message: str) -> None:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the noisy scenarios (default 5)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,9,11", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke test")
     parser.add_argument("--out", default=None, help="where to write the Markdown report")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -82,6 +86,10 @@ def _scenarios(only: set[str], sizes: dict, rounds: int, workdir: Path) -> list[
         if "5" in only:
             log(f"scenario 5: memory per result at {sizes['n_memory']:,} rows x {fewer} rounds")
             done(scenario_memory(fast, workdir, fewer, sizes["n_memory"], log))
+        if "8" in only:
+            log(f"scenario 8: caching proxy, {sizes['n_proxy']:,} misses and "
+                f"{sizes['n_proxy_hits']:,} hits x {few} rounds (LiteLLM: 1 round, capped)")
+            done(scenario_proxy(fast, workdir, few, sizes["n_proxy"], sizes["n_proxy_hits"], log))
         if "9" in only:
             with Upstream(50.0) as slow:
                 log(f"scenario 9: DSPy, {sizes['n_dspy']:,} rows at 50 ms x {rounds} rounds, "
@@ -93,6 +101,10 @@ def _scenarios(only: set[str], sizes: dict, rounds: int, workdir: Path) -> list[
     if "7" in only:
         log("scenario 7: pacing, 2 runs of 20 s (in parallel)")
         done(scenario_pacing(workdir, log))
+    if "10" in only:
+        log(f"scenario 10: Dask, 2 worker processes x {fewer} rounds, and the global budget")
+        with Upstream(50.0) as slow:
+            done(scenario_dask(slow, workdir, fewer, log))
     if "11" in only:
         log(f"scenario 11: a provider batch job of {sizes['batch_sizes'][1]:,} rows x {few} rounds")
         done(scenario_batchapi(workdir, few, sizes["batch_sizes"], log))
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     rounds = 1 if args.quick else max(1, args.rounds)
     only = {part.strip() for part in args.only.split(",") if part.strip()}
-    complete = only >= set("12345679") and not args.quick
+    complete = only >= {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"} and not args.quick
     out = Path(args.out) if args.out else HERE / ("RESULTS.md" if complete else "RESULTS-partial.md")
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()

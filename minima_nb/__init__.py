@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from .engine.pulse import BackendPulse, BackendStats
     from .engine.sync import run_sync
     from .export import open_cache
+    from .servers.proxy import ProxyServer
 
 # Names whose modules load on first use: name -> module (relative to this package).
 _LAZY = {
@@ -87,6 +88,7 @@ _LAZY = {
     "PromptCache": ".compat",
     "RpmGate": ".compat",
     "OpenAIMinimaLlm": ".engine.backend",
+    "ProxyServer": ".servers.proxy",
     "open_cache": ".export",
     "run_batched_callable": ".engine.pool",
     "run_sync": ".engine.sync",
@@ -132,6 +134,7 @@ __all__ = [
     "OpenAIMinimaLlm",
     "ParasailBatchConfig",
     "PromptCache",
+    "ProxyServer",
     "RateLimited",
     "RequestTimeout",
     "ResponseError",

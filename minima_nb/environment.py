@@ -114,6 +114,11 @@ def api_key_from_env() -> str | None:
     return read_env(os.environ, only="api_key").get("api_key")
 
 
+def proxy_token_from_env() -> str | None:
+    """``MINIMA_PROXY_TOKEN``, the token clients of the caching proxy must send; None when unset."""
+    return os.environ.get("MINIMA_PROXY_TOKEN", "").strip() or None
+
+
 def debug_trace_from_env() -> bool:
     """Whether ``MINIMA_DEBUG`` (minima-llm's switch) asks for the request/response trace."""
     text = os.environ.get("MINIMA_DEBUG", "").strip()

@@ -425,3 +425,37 @@ def test_negative_rpm_is_rejected():
     """A negative rpm is a configuration error, not silent unlimited pacing."""
     with pytest.raises(ConfigError):
         RatePacer(-1)
+
+
+class _Gate:
+    """A shared budget that grants starts every 0.5 s and records what the pacer tells it."""
+
+    def __init__(self, fake: FakeTime) -> None:
+        self.fake, self.next = fake, 0.0
+        self.seen: list = []
+        self.overloads: list[float] = []
+
+    async def permit(self) -> float:
+        start, self.next = max(self.next, self.fake.now), max(self.next, self.fake.now) + 0.5
+        return start
+
+    def observe(self, info) -> None:
+        self.seen.append(info)
+
+    def overloaded(self, delay_s: float) -> None:
+        self.overloads.append(delay_s)
+
+
+def test_shared_budget_gate_spaces_starts_and_hears_the_server():
+    """share_budget: starts wait for the gate's permits; headers and overloads reach the gate."""
+    fake = FakeTime()
+    pacer = fake.pacer(0)  # unpaced on its own
+    gate = _Gate(fake)
+    pacer.share_budget(gate)
+    assert start_times(fake, pacer, 4) == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    info = RateLimitInfo(limit_requests=100, remaining_requests=50, reset_requests_s=1.0)
+    pacer.observe(info)
+    pacer.overloaded(2.0)
+    assert gate.seen == [info] and gate.overloads == [2.0]
+    pacer.share_budget(None)
+    assert pacer.cooldown_remaining() == pytest.approx(2.0)  # the local cooldown still applies

@@ -15,6 +15,7 @@ from .args import PROG, OneLineErrorParser
 from .batch import add_batch_command
 from .cache import add_cache_command
 from .mock import add_mock_server_command
+from .proxy import add_proxy_command
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_mock_server_command(subparsers)
     add_cache_command(subparsers)
     add_batch_command(subparsers)
+    add_proxy_command(subparsers)
     return parser
 
 

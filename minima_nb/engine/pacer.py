@@ -33,6 +33,12 @@ Pacing semantics
   order and spacing and move back by the pause's length, instead of all starting at once when it
   ends; after a pause the bucket starts empty (no burst) and refills while idle.
 
+- **A shared budget.** ``share_budget(gate)`` adds a :class:`PermitGate`: a budget shared with
+  other processes (the Dask integration's global RPM). Every start then also waits for a permit
+  from the gate, and what the server says (its limits, an overload) is passed on to it, so one
+  process's 429 or lowered limit slows every process sharing the budget. The local rules above
+  still apply on top: a permit never lets a request start earlier than this pacer would.
+
 No asyncio primitive is held: a reservation is plain arithmetic done before the first ``await``,
 so one pacer serves every request of a backend, from several event loops one after another.
 Single-threaded use per loop is assumed.
@@ -45,11 +51,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ConfigError
 from .limits import RateLimitInfo
 
-__all__ = ["TOKEN_BURST_S", "RatePacer"]
+__all__ = ["TOKEN_BURST_S", "PermitGate", "RatePacer"]
 
 _LOW_FRACTION = 0.1
 _LOW_ABSOLUTE = 3
@@ -59,6 +66,21 @@ _WAKE_TOLERANCE_S = 1e-4  # loops may wake a hair early; do not sleep again for 
 
 
 # -- the pacer --------------------------------------------------------------------------------
+
+
+class PermitGate(Protocol):
+    """A request budget shared beyond this pacer (e.g. across the workers of a cluster).
+
+    ``permit()`` waits until the shared budget grants one start and returns the earliest time
+    (on the pacer's clock) that start may happen; ``observe`` and ``overloaded`` hear what the
+    server said to this pacer, so the shared budget can slow down for everyone.
+    """
+
+    async def permit(self) -> float: ...
+
+    def observe(self, info: RateLimitInfo) -> None: ...
+
+    def overloaded(self, delay_s: float) -> None: ...
 
 
 @dataclass
@@ -125,6 +147,11 @@ class RatePacer:
         self._stretches: list[tuple[float, float]] = []
         self._penalty = 0.0
         self._penalty_at = 0.0
+        self._gate: PermitGate | None = None
+
+    def share_budget(self, gate: PermitGate | None) -> None:
+        """Also take every start's permit from ``gate`` (None: pace on this pacer alone)."""
+        self._gate = gate
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -135,7 +162,11 @@ class RatePacer:
         being this request's estimate) and the cooldown.
         """
         began = self._clock()
-        start = self._reserve(began, max(0, int(tokens)))
+        gate = self._gate
+        # The shared permit first: waiting for it can take a while, and the local booking
+        # below must be made at the time the request can really go.
+        permitted = await gate.permit() if gate is not None else -math.inf
+        start = max(self._reserve(self._clock(), max(0, int(tokens))), permitted)
         seen, stretched = self._shift_total, len(self._stretches)
         while True:
             start += self._shift_total - seen  # a pause began while we slept: move back with the queue
@@ -206,6 +237,8 @@ class RatePacer:
         """Learn from one response's headers; call it for every response, 2xx included."""
         if info is None:
             return
+        if self._gate is not None:
+            self._gate.observe(info)
         now = self._clock()
         if info.limit_requests:
             before = self._interval()
@@ -233,6 +266,8 @@ class RatePacer:
         """
         now = self._clock()
         delay = delay_s if delay_s > 0 else 0.0  # also turns NaN into 0
+        if self._gate is not None:
+            self._gate.overloaded(delay)
         if now < self._cooldown_until:
             # The same overload reported by other requests that started before the pause.
             end = max(self._cooldown_until, now + delay)

@@ -1,0 +1,17 @@
+"""Scale-out on Dask: ``import minima_nb.dask`` registers ``ddf.minima`` and ``series.minima``.
+
+``ddf.minima.generate("prompt")`` is lazy (a ``dd.Series``; nothing is sent before compute), one
+engine per worker process, one global rpm budget, the API key never in the task graph or on
+the scheduler. ``compute(...)``/``progress()`` show one bar of rows across the cluster;
+``share_key(client)`` hands the key to workers; ``collect_caches(client, into=...)`` brings the
+workers' caches home. Needs the extra: ``pip install 'minima-nb[dask]'``. The code lives in
+``minima_nb.integrations.dask``.
+"""
+
+from .integrations.dask import accessor  # noqa: F401  (registers ddf.minima and series.minima)
+from .integrations.dask.caches import collect_caches
+from .integrations.dask.computation import compute, progress
+from .integrations.dask.keys import share_key
+from .integrations.dask.progress import TOPIC
+
+__all__ = ["TOPIC", "collect_caches", "compute", "progress", "share_key"]

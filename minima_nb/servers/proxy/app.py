@@ -1,0 +1,204 @@
+"""The proxy's HTTP face: the aiohttp.web application, its routes, the token check, the size limit.
+
+Routes: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
+``/models``), ``GET /health`` and ``GET /metrics``; anything else is an OpenAI-shaped 404 (or
+405 for a known path with the wrong method). Every refusal is a clear 4xx and none of them stops
+the server; an unexpected fault in one request is that request's 500.
+
+The token, when set, is required on every route but ``/health`` as ``Authorization: Bearer
+<token>`` and compared in constant time. The client's Authorization header is read for that
+check only: the upstream request is built by the engine from the configured key alone.
+Responses never carry the upstream key: what the proxy passes on from upstream (bodies, error
+messages) is scrubbed of it, on top of the engine's own masking.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+
+from ...types import MinimaLlmFailure, MinimaLlmResponse
+from .metrics import ProxyMetrics
+from .relay import Relay
+from .translate import (
+    ProxyRequestError,
+    chat_call,
+    completion_body,
+    encode_json,
+    error_body,
+    failure_status,
+    scrub,
+    sse_body,
+)
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ProxyApp"]
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # room for a few base64 images in one chat request
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_ROUTES = "POST /v1/chat/completions, GET /v1/models, GET /health and GET /metrics"
+_JSON = "application/json"
+_SSE = "text/event-stream"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_NO_RETRY = {"x-should-retry": "false"}
+_log = logging.getLogger(__name__)
+
+
+class ProxyApp:
+    """The request handlers of one proxy and the application that routes to them."""
+
+    def __init__(self, relay: Relay, metrics: ProxyMetrics, *, token: str | None = None,
+                 force_model: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 verbose: bool = False) -> None:
+        self.relay = relay
+        self.metrics = metrics
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._force_model = force_model
+        self._max_body_bytes = max_body_bytes
+        self._verbose = verbose
+        config = relay.backend.config
+        self._model = config.model
+        self._secret = config.api_key
+        self._secret_bytes = config.api_key.encode("utf-8") if config.api_key else None
+        self._ids = 0
+        self._answer_headers = {True: {"x-minima-cache": "hit"}, False: {"x-minima-cache": "miss"}}
+        self._stream_headers = {hit: {**h, "Cache-Control": "no-cache"}
+                                for hit, h in self._answer_headers.items()}
+
+    def application(self) -> web.Application:
+        """A fresh aiohttp application serving this proxy's routes."""
+        # The limit is checked by the handler (to answer it in OpenAI's shape); aiohttp's own
+        # check, one byte higher, guards bodies that arrive without a Content-Length.
+        app = web.Application(client_max_size=self._max_body_bytes + 1)
+        for path in CHAT_PATHS:
+            app.router.add_post(path, self._chat)
+        for path in ("/v1/models", "/models"):
+            app.router.add_get(path, self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        return app
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return self._unauthorized()
+        metrics = self.metrics
+        metrics.requests += 1
+        metrics.in_flight += 1
+        try:
+            return await self._answer(request)
+        except ProxyRequestError as err:
+            return self._error(err.status, err.message, param=err.param, code=err.code)
+        except Exception as exc:  # one request's fault, never the server's end
+            _log.exception("proxy: a chat request failed")
+            return self._error(500, scrub(f"the proxy failed on this request: {type(exc).__name__}: "
+                                          f"{exc}", self._secret), retry=True)
+        finally:
+            metrics.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        raw, body = await self._read_json(request)
+        self._ids += 1
+        call = chat_call(body, f"proxy-{self._ids}", default_model=self._model,
+                         force_model=self._force_model,
+                         cache_control=request.headers.get("Cache-Control"))
+        result, hit = await self.relay.answer(call.request, call.no_cache,
+                                              identity=(call.request.model, raw))
+        if self._verbose:
+            outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
+            print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
+        if isinstance(result, MinimaLlmFailure):
+            return self._failure(result)
+        assert isinstance(result, MinimaLlmResponse)
+        completion = completion_body(result)
+        if call.stream:
+            payload = sse_body(completion, result.text, call.include_usage)
+            return self._response(payload, _SSE, self._stream_headers[hit])
+        return self._response(encode_json(completion), _JSON, self._answer_headers[hit])
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return self._unauthorized()
+        data = [{"id": self._model, "object": "model", "created": 0, "owned_by": "minima-nb"}]
+        return self._response(encode_json({"object": "list", "data": data}), _JSON, {})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return self._response(b'{"status":"ok"}', _JSON, {})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return self._unauthorized()
+        return web.Response(body=self.metrics.prometheus().encode("utf-8"),
+                            headers={"Content-Type": _PROMETHEUS})
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        known = {**dict.fromkeys(CHAT_PATHS, "POST"), "/v1/models": "GET", "/models": "GET",
+                 "/health": "GET", "/metrics": "GET"}
+        allowed = known.get(request.path)
+        if allowed is not None:
+            return self._error(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
+                               code="method_not_allowed", headers={"Allow": allowed})
+        return self._error(404, f"unknown route {request.method} {request.path[:200]}; this proxy "
+                           f"serves {_ROUTES}", code="unknown_url")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _allowed(self, request: web.Request) -> bool:
+        if self._expected is None:
+            return True
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self._expected)
+
+    def _unauthorized(self) -> web.Response:
+        return self._error(401, "missing or wrong proxy token: send the header 'Authorization: "
+                           "Bearer <token>' with the token the proxy was started with "
+                           "(MINIMA_PROXY_TOKEN); with openai-python that is api_key=<token>",
+                           code="invalid_proxy_token", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _read_json(self, request: web.Request) -> tuple[bytes, object]:
+        """The body as received and as decoded JSON."""
+        limit = self._max_body_bytes
+        too_large = ProxyRequestError(
+            413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
+                 "(max_body_bytes)", code="request_too_large")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        if len(raw) > limit:
+            raise too_large
+        try:
+            return raw, json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProxyRequestError(400, f"the request body is not valid JSON ({exc}); send a "
+                                    "chat-completions request as a JSON object") from None
+
+    def _failure(self, failure: MinimaLlmFailure) -> web.Response:
+        message = (f"upstream call failed after {failure.attempts} attempt(s): "
+                   f"{failure.error_type}: {failure.message}")
+        return self._error(failure_status(failure), scrub(message, self._secret),
+                           code=failure.error_type, retry=failure.retryable,
+                           headers={"x-minima-cache": "miss"})
+
+    def _error(self, status: int, message: str, *, param: str | None = None,
+               code: str | None = None, retry: bool = False,
+               headers: dict[str, str] | None = None) -> web.Response:
+        """An OpenAI-shaped error; ``retry=False`` adds ``x-should-retry: false`` so that
+        openai-python and LiteLLM do not send again what cannot succeed."""
+        self.metrics.errors += 1
+        extra = {**(headers or {}), **({} if retry else _NO_RETRY)}
+        return self._response(error_body(status, message, param=param, code=code), _JSON, extra,
+                              status=status)
+
+    def _response(self, body: bytes, content_type: str, headers: dict[str, str], *,
+                  status: int = 200) -> web.Response:
+        secret = self._secret_bytes
+        if secret is not None and secret in body:  # an upstream that echoed the key back
+            body = body.replace(secret, b"[redacted]")
+        return web.Response(body=body, status=status, headers=headers, content_type=content_type)

@@ -1,0 +1,69 @@
+"""The proxy's one road upstream: every chat request through one ``OpenAIMinimaLlm``.
+
+One backend means one cache, one pacer (and cooldown) and one retry policy for every client of
+the proxy, whichever process it runs in. On top of the backend the relay sends identical
+requests that are in flight at the same time once: ten notebooks asking the same new prompt at
+once cost one upstream call, and the nine others are answered as hits when it returns. Each
+call runs in its own task, so a client that hangs up does not cancel the answer the others wait
+for (it still lands in the cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+from ...cache import cache_key
+from ...engine.backend import OpenAIMinimaLlm
+from ...types import MinimaLlmRequest, MinimaLlmResult
+from .metrics import ProxyMetrics
+
+__all__ = ["Relay"]
+
+
+class Relay:
+    """Answers proxy requests through ``backend``, one upstream call per distinct request in flight."""
+
+    def __init__(self, backend: OpenAIMinimaLlm, metrics: ProxyMetrics) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self._default_model = backend.config.model
+        self._flights: dict[Hashable, asyncio.Task[MinimaLlmResult]] = {}
+
+    async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
+                     identity: Hashable | None = None) -> tuple[MinimaLlmResult, bool]:
+        """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
+
+        The result carries the upstream's body in ``raw`` (for a hit, the stored one).
+        ``identity`` names the request among those in flight (default: its cache key); the
+        app passes the model and the body bytes, which identical clients send identically and
+        which cost nothing to compare, so a cache hit does not pay for its key twice.
+        """
+        key = identity if identity is not None else cache_key(
+            request.model or self._default_model, request.messages, request.temperature,
+            request.max_tokens, request.extra)[0]
+        flight = self._flights.get(key)
+        if flight is not None:  # the same request is on its way: share its answer
+            result = await asyncio.shield(flight)
+            self.metrics.hits += 1
+            return result, True
+        flight = asyncio.get_running_loop().create_task(
+            self.backend.generate(request, refresh, include_raw=True))
+        self._flights[key] = flight
+        flight.add_done_callback(lambda done: self._land(key, done))
+        result = await asyncio.shield(flight)
+        if result.cached:
+            self.metrics.hits += 1
+        else:
+            self.metrics.misses += 1
+        return result, result.cached
+
+    def _land(self, key: Hashable, flight: asyncio.Task[MinimaLlmResult]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for calls whose clients went away, so their answers are cached."""
+        pending = list(self._flights.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)

@@ -1,0 +1,155 @@
+"""``ddf.minima`` on Dask's threaded scheduler (no cluster), against the mock over a real socket.
+
+The cluster behaviour (worker processes, the key scan, the global budget, dead workers) is in
+test_dask_cluster.py; here: laziness, equality with the pandas accessor, order and index,
+details dtypes, failed rows as values, and the row counts of the in-process progress events.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+from _mock_backend import close_backend, make_backend
+
+import minima_nb.dask as mdask
+from minima_nb.integrations.dask import worker
+from minima_nb.notebook.accessor import DETAIL_DTYPES
+from minima_nb.testing import MockServer
+
+
+@pytest.fixture
+def llm(srv, tmp_path):
+    backend = make_backend(srv, tmp_path / "cache")
+    yield backend
+    worker.close_engines()  # the engines this process built for the partitions
+    close_backend(backend)
+
+
+def frame(n: int = 30) -> pd.DataFrame:
+    """Prompts with a missing one, a non-monotonic index with a duplicate label, another column."""
+    prompts = [f"question {i}" for i in range(n)]
+    prompts[3] = None
+    index = [7 * ((n - i) % n) for i in range(n)]
+    index[5] = index[6]
+    return pd.DataFrame({"prompt": prompts, "topic": [f"t{i % 4}" for i in range(n)]}, index=index)
+
+
+def threaded(collection):
+    return collection.compute(scheduler="threads")
+
+
+def test_lazy_until_compute(srv, llm):
+    """Nothing is sent while the graph is built or its meta read; compute sends each prompt once."""
+    df = frame()
+    ddf = dd.from_pandas(df, npartitions=4, sort=False)
+    answers = ddf.minima.generate("prompt", backend=llm)
+    wide = ddf.minima.generate("prompt", backend=llm, details=True)
+    assert (answers.dtype, answers.name, list(wide.columns)) == ("string", "prompt", list(DETAIL_DTYPES))
+    assert answers.npartitions == 4 and srv.requests_total == 0
+    threaded(answers)
+    assert srv.requests_total == len(df) - 1  # the missing prompt is not sent
+
+
+def test_equal_to_pandas_accessor_order_and_index_kept(srv, llm):
+    """Text and details equal df.minima.generate's on the same frame, in the frame's own order."""
+    df = frame()
+    ddf = dd.from_pandas(df, npartitions=3, sort=False)
+    for prompt, options in [("prompt", {}), ("About {topic}: {prompt}", {"system": "Be brief."}),
+                            ("prompt", {"model": "mock-model-large", "max_tokens": 3})]:
+        got = threaded(ddf.minima.generate(prompt, backend=llm, **options))
+        want = df.minima.generate(prompt, backend=llm, progress=False, **options)
+        pd.testing.assert_series_equal(got, want)
+        assert list(got.index) == list(df.index)
+    got = threaded(ddf.minima.generate("prompt", backend=llm, details=True))
+    want = df.minima.generate("prompt", backend=llm, details=True, progress=False)
+    columns = ["text", "error", "finish_reason", "input_tokens", "output_tokens", "model"]
+    pd.testing.assert_frame_equal(got[columns], want[columns])  # cached/latency differ by run
+
+
+def test_details_dtypes_and_series_accessor(srv, llm):
+    """details=True has the pandas accessor's nullable dtypes; series.minima answers the column."""
+    ddf = dd.from_pandas(frame(12), npartitions=2, sort=False)
+    wide = ddf["prompt"].minima.generate(backend=llm, details=True, name="answer")
+    assert {c: str(t) for c, t in wide.dtypes.items()} == DETAIL_DTYPES
+    out = threaded(wide)
+    assert {c: str(t) for c, t in out.dtypes.items()} == DETAIL_DTYPES
+    assert out.loc[out["text"].isna(), "error"].tolist() == ["missing prompt"]
+    text = threaded(ddf["prompt"].minima.generate(backend=llm, name="answer"))
+    assert text.name == "answer" and text.dropna().str.startswith("[mock-model] echo: question").all()
+
+
+def test_failed_rows_are_values_not_task_errors(srv, llm, tmp_path):
+    """A row that keeps failing is <NA> with its reason; the other rows of its partition are kept."""
+    srv.script("question 2", ["500"] * 10)
+    backend = make_backend(srv, tmp_path / "c2", max_attempts=2, base_backoff_s=0.0)
+    ddf = dd.from_pandas(frame(8), npartitions=2, sort=False)
+    out = threaded(ddf.minima.generate("prompt", backend=backend, details=True))
+    failed = out[out["error"].notna() & (out["error"] != "missing prompt")]
+    assert len(failed) == 1 and failed["error"].iloc[0].startswith("ServerError")
+    assert out["text"].notna().sum() == 6
+    close_backend(backend)
+
+
+def test_aborted_batch_fails_its_rows_with_the_reason(tmp_path):
+    """A 401 on every row aborts the batch; the rows come back failed with why, not a task error."""
+    with MockServer(require_api_key="sk-right") as server:
+        backend = make_backend(server, tmp_path / "c", api_key="sk-wrong")
+        ddf = dd.from_pandas(frame(8), npartitions=2, sort=False)
+        out = threaded(ddf.minima.generate("prompt", backend=backend, details=True))
+        errors = out["error"].dropna()
+        assert len(errors) == 8 and "missing prompt" in errors.tolist()
+        assert all(e.startswith(("AuthError", "BatchAborted")) for e in errors if e != "missing prompt")
+        assert "sk-wrong" not in " ".join(errors)
+        worker.close_engines()
+        close_backend(backend)
+
+
+def test_wrong_column_fails_at_build_time(srv, llm):
+    """A prompt that is neither a column nor a template fails when generate() is called."""
+    ddf = dd.from_pandas(frame(8), npartitions=1)
+    with pytest.raises(KeyError, match="not a column"):
+        ddf.minima.generate("nope", backend=llm)
+    with pytest.raises(KeyError, match="missing"):
+        ddf.minima.generate("{missing}", backend=llm)
+    assert srv.requests_total == 0
+
+
+def test_compute_counts_rows_from_progress_events(srv, llm):
+    """minima_nb.dask.compute counts every row once, cached rows as cached, on the threaded scheduler."""
+    df = frame(20)
+    answers = dd.from_pandas(df, npartitions=4, sort=False).minima.generate("prompt", backend=llm)
+    with dask.config.set(scheduler="threads"):
+        with mdask.progress(progress=False) as first:
+            threaded(answers)
+        out = mdask.compute(answers, progress=False)
+    assert first.totals()["done"] == 20 and first.totals()["cached"] == 0
+    assert out.notna().sum() == 19 and srv.requests_total == 19  # the second run: all cached
+
+
+def test_import_without_dask_says_how_to_install():
+    """Without dask, `import minima_nb.dask` says which extra to install; `import minima_nb` works."""
+    code = ("import sys\nsys.modules['dask'] = None\nimport minima_nb\n"
+            "try:\n    import minima_nb.dask\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'minima-nb[dask]'" in out.stdout
+
+
+def test_budget_schedule_has_no_burst_and_follows_the_server():
+    """The scheduler's schedule: evenly spaced leases, no credit for idle time, lowered and paused."""
+    from minima_nb.integrations.dask.budget import HEADROOM, Schedule
+
+    now = [100.0]
+    schedule = Schedule(600, clock=lambda: now[0])
+    interval = 60.0 / (600 * HEADROOM)
+    assert schedule.lease(4) == pytest.approx((0.0, interval, 4))
+    assert schedule.lease(2)[0] == pytest.approx(4 * interval)  # queued behind the first lease
+    now[0] += 60.0  # idle for a minute: still no burst
+    assert schedule.lease(3) == pytest.approx((0.0, interval, 3))
+    first, lowered, _ = schedule.lease(1, server_rpm=300)
+    assert lowered == pytest.approx(2 * interval) and first == pytest.approx(3 * interval)
+    assert schedule.lease(1, pause_s=10.0)[0] == pytest.approx(10.0)
