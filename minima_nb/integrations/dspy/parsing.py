@@ -137,6 +137,36 @@ class TolerantChatAdapter(dspy.ChatAdapter):
             message = self._system_messages[signature] = super().format_system_message(signature)
         return message
 
+    @classmethod
+    def is_list_str(cls, annotation: Any) -> bool:
+        """Whether ``annotation`` is ``list[str]`` (``List[str]``, or either made Optional)."""
+        inner = _unwrap_optional(annotation)
+        return get_origin(inner) is list and get_args(inner) == (str,)
+
+    @classmethod
+    def try_parse_list_str(cls, value: str) -> list[str]:
+        """A JSON or Python list of strings from ``value`` (blank items dropped); ValueError otherwise.
+
+        minima-llm's helper: an unbalanced single-quoted list (an apostrophe inside an item) is
+        refused with a hint to use JSON, rather than read wrongly.
+        """
+        text = value.strip()
+        if text.startswith("[") and not text[1:].lstrip().startswith('"') and "'" in text:
+            if len(re.findall(r"(?<!\\)'", text)) % 2:
+                raise ValueError(f"unbalanced single quotes, likely an apostrophe; use JSON: {text[:100]}")
+            try:
+                items = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as exc:
+                raise ValueError(f"invalid Python list ({exc}); use JSON: {text[:100]}") from None
+        else:
+            try:
+                items = json.loads(text)
+            except ValueError:
+                raise ValueError(f"expected a JSON array, got: {text[:100]}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"expected a JSON array, got: {text[:100]}")
+        return [str(item).strip() for item in items if item]
+
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         """The typed output fields of ``signature`` found in ``completion``."""
         by_name = {name.lower(): name for name in signature.output_fields}
