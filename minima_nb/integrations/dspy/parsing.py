@@ -79,6 +79,9 @@ def _literal(value: str, annotation: Any) -> Any:
     return parse_value(value, annotation)  # DSPy's own rules (numbers, quoted forms) or its error
 
 
+_UNESCAPED_QUOTE = r"(?<!\\)'"
+
+
 def _bullets(value: str) -> list[str] | None:
     lines = [line for line in value.splitlines() if line.strip()]
     items = [m.group(1) for m in map(_BULLET.match, lines) if m]
@@ -91,6 +94,9 @@ def _list(value: str, annotation: Any) -> Any:
         items = _bullets(text)
         if items is not None:
             return parse_value(json.dumps(items), annotation)
+    if text.startswith("[") and not text[1:].lstrip().startswith('"') and len(re.findall(_UNESCAPED_QUOTE, text)) % 2:
+        # An apostrophe inside a single-quoted item: any reading of it would be a guess.
+        raise ValueError(f"Unbalanced single quotes, likely an apostrophe; use JSON format: {text[:100]}")
     try:
         return parse_value(text, annotation)
     except ValueError:
@@ -152,8 +158,9 @@ class TolerantChatAdapter(dspy.ChatAdapter):
         """
         text = value.strip()
         if text.startswith("[") and not text[1:].lstrip().startswith('"') and "'" in text:
-            if len(re.findall(r"(?<!\\)'", text)) % 2:
-                raise ValueError(f"unbalanced single quotes, likely an apostrophe; use JSON: {text[:100]}")
+            if len(re.findall(_UNESCAPED_QUOTE, text)) % 2:
+                raise ValueError(f"Unbalanced single quotes ({len(re.findall(_UNESCAPED_QUOTE, text))}), "
+                                 f"likely an apostrophe; use JSON format: {text[:100]}")
             try:
                 items = ast.literal_eval(text)
             except (ValueError, SyntaxError) as exc:
@@ -162,9 +169,9 @@ class TolerantChatAdapter(dspy.ChatAdapter):
             try:
                 items = json.loads(text)
             except ValueError:
-                raise ValueError(f"expected a JSON array, got: {text[:100]}") from None
+                raise ValueError(f"Expected JSON array, got: {text[:100]}") from None
         if not isinstance(items, list):
-            raise ValueError(f"expected a JSON array, got: {text[:100]}")
+            raise ValueError(f"Expected JSON array, got: {text[:100]}")
         return [str(item).strip() for item in items if item]
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
@@ -189,6 +196,6 @@ class TolerantChatAdapter(dspy.ChatAdapter):
         if missing:
             raise dspy.AdapterParseError(
                 adapter_name="TolerantChatAdapter", signature=signature, lm_response=completion,
-                message=f"missing required output field(s): {', '.join(missing)}", parsed_result=fields,
+                message=f"Missing required field: {', '.join(missing)}", parsed_result=fields,
             )
         return fields
