@@ -58,6 +58,11 @@ class BatchConfig:
     print_first_failures: int = 5
     keep_failure_summaries: int = 20
 
+    @classmethod
+    def from_env(cls) -> BatchConfig:
+        """The batch settings the ``BATCH_*`` environment variables give (defaults for the rest)."""
+        return _build(cls, read_env(os.environ).get("batch", {}), "batch.")
+
     def __post_init__(self) -> None:
         # Types first: a string or a float from hand-written code gets a ConfigError naming the
         # setting, never a bare TypeError from a comparison below.

@@ -206,7 +206,7 @@ def test_rows_that_never_parse_are_na_with_the_parse_error(tmp_path):
             close_backend(backend)
         assert srv.requests_total == 6
     assert out["score"].isna().all()
-    assert out["error"].str.contains("AdapterParseError: missing required output field").all()
+    assert out["error"].str.contains("AdapterParseError: Missing required field").all()
 
 
 def test_under_usage_tracking_predict_takes_the_lm_route_and_counts_tokens(backend, srv):

@@ -137,3 +137,27 @@ def test_end_to_end_stock_chat_adapter_fails_on_sloppy_replies(tmp_path):
                     dspy.Predict(Judge)(question="What is 2+2?", answer="4")
         finally:
             close_backend(backend)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('["a", "b", ""]', ["a", "b"]),
+    ("  ['x', 'y']  ", ["x", "y"]),
+    ('["it\'s fine"]', ["it's fine"]),
+])
+def test_try_parse_list_str_reads_json_and_python_lists(text, expected):
+    """minima-llm's TolerantChatAdapter.try_parse_list_str, kept: JSON or Python list syntax."""
+    assert TolerantChatAdapter.try_parse_list_str(text) == expected
+
+
+@pytest.mark.parametrize("text", ["['it's broken']", "not a list", '{"a": 1}', '"a string"'])
+def test_try_parse_list_str_refuses_what_is_not_a_clean_list(text):
+    with pytest.raises(ValueError):
+        TolerantChatAdapter.try_parse_list_str(text)
+
+
+def test_is_list_str_recognises_list_of_str_and_its_optional():
+    from typing import List, Optional  # noqa: UP035  (the spellings minima-llm users write)
+
+    assert TolerantChatAdapter.is_list_str(list[str]) and TolerantChatAdapter.is_list_str(List[str])  # noqa: UP006
+    assert TolerantChatAdapter.is_list_str(Optional[list[str]]) and TolerantChatAdapter.is_list_str(list[str] | None)  # noqa: UP045
+    assert not any(TolerantChatAdapter.is_list_str(a) for a in (str, list[int], Optional[str], list))  # noqa: UP045

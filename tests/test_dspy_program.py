@@ -68,7 +68,7 @@ def test_rows_that_never_parse_fail_after_max_attempts_and_are_listed(guarded, t
     with MockServer(dspy_replies="missing") as srv:
         backend = make_backend(srv, tmp_path / "cache", max_attempts=2)
         try:
-            with pytest.raises(RuntimeError, match=r"(?s)3 of 3 DSPy predictions failed.*row-0: AdapterParseError: missing required output field\(s\): score"):
+            with pytest.raises(RuntimeError, match=r"(?s)3 of 3 DSPy predictions failed.*row-0: AdapterParseError: Missing required field: score"):
                 asyncio.run(run_dspy_batch(Judge, [Item(question=f"q{i}") for i in range(3)], _judged,
                                            backend, dspy.Predict, progress=False))
         finally:

@@ -376,3 +376,18 @@ def test_prompt_cache_face_reads_and_writes_minima_llms_own_table(tmp_path):
     reader.close()
     with pytest.raises(FileNotFoundError):
         PromptCache(tmp_path / "none.db", read_only=True)
+
+
+def test_batch_config_from_env_reads_the_batch_variables(monkeypatch):
+    monkeypatch.setenv("BATCH_NUM_WORKERS", "3")
+    monkeypatch.setenv("BATCH_MAX_FAILURES", "none")
+    monkeypatch.setenv("BATCH_KEEP_FAILURE_SUMMARIES", "2")
+    assert BatchConfig.from_env() == BatchConfig(num_workers=3, max_failures=None, keep_failure_summaries=2)
+
+
+def test_a_missing_lookup_dir_is_the_file_not_found_error_minima_llm_raised(srv, tmp_path):
+    from minima_nb import CacheError
+
+    with pytest.raises(FileNotFoundError, match="cache_lookup_dirs") as info:
+        make_backend(srv, tmp_path / "c", cache_lookup_dirs=(str(tmp_path / "nope"),))
+    assert isinstance(info.value, CacheError)

@@ -43,6 +43,10 @@ __all__ = ["Adoption", "Wanted"]
 Found = tuple[tuple[Any, ...], str]
 
 
+class LookupCacheMissing(CacheError, FileNotFoundError):
+    """A directory in ``cache_lookup_dirs`` holds no cache (also a FileNotFoundError, as in minima-llm)."""
+
+
 @dataclass(frozen=True)
 class Wanted:
     """One request that missed: its minima_nb key and the fields its other keys are made from."""
@@ -120,8 +124,8 @@ class Adoption:
         for directory in lookup_dirs:
             path = Path(directory).expanduser() / CACHE_FILENAME
             if not path.is_file():
-                raise CacheError(f"the lookup cache {str(path)!r} does not exist; fix or remove "
-                                 f"{str(directory)!r} in cache_lookup_dirs (CACHE_LOOKUP_DIRS).")
+                raise LookupCacheMissing(f"the lookup cache {str(path)!r} does not exist; fix or remove "
+                                         f"{str(directory)!r} in cache_lookup_dirs (CACHE_LOOKUP_DIRS).")
             if path.resolve() == cache.path.resolve():
                 continue  # the cache itself: already looked at, and written to
             self._lookups.append(_ReadOnlyFile(path, f"lookup:{os.path.dirname(path)}"))

@@ -79,6 +79,9 @@ def _literal(value: str, annotation: Any) -> Any:
     return parse_value(value, annotation)  # DSPy's own rules (numbers, quoted forms) or its error
 
 
+_UNESCAPED_QUOTE = r"(?<!\\)'"
+
+
 def _bullets(value: str) -> list[str] | None:
     lines = [line for line in value.splitlines() if line.strip()]
     items = [m.group(1) for m in map(_BULLET.match, lines) if m]
@@ -91,6 +94,9 @@ def _list(value: str, annotation: Any) -> Any:
         items = _bullets(text)
         if items is not None:
             return parse_value(json.dumps(items), annotation)
+    if text.startswith("[") and not text[1:].lstrip().startswith('"') and len(re.findall(_UNESCAPED_QUOTE, text)) % 2:
+        # An apostrophe inside a single-quoted item: any reading of it would be a guess.
+        raise ValueError(f"Unbalanced single quotes, likely an apostrophe; use JSON format: {text[:100]}")
     try:
         return parse_value(text, annotation)
     except ValueError:
@@ -137,6 +143,37 @@ class TolerantChatAdapter(dspy.ChatAdapter):
             message = self._system_messages[signature] = super().format_system_message(signature)
         return message
 
+    @classmethod
+    def is_list_str(cls, annotation: Any) -> bool:
+        """Whether ``annotation`` is ``list[str]`` (``List[str]``, or either made Optional)."""
+        inner = _unwrap_optional(annotation)
+        return get_origin(inner) is list and get_args(inner) == (str,)
+
+    @classmethod
+    def try_parse_list_str(cls, value: str) -> list[str]:
+        """A JSON or Python list of strings from ``value`` (blank items dropped); ValueError otherwise.
+
+        minima-llm's helper: an unbalanced single-quoted list (an apostrophe inside an item) is
+        refused with a hint to use JSON, rather than read wrongly.
+        """
+        text = value.strip()
+        if text.startswith("[") and not text[1:].lstrip().startswith('"') and "'" in text:
+            if len(re.findall(_UNESCAPED_QUOTE, text)) % 2:
+                raise ValueError(f"Unbalanced single quotes ({len(re.findall(_UNESCAPED_QUOTE, text))}), "
+                                 f"likely an apostrophe; use JSON format: {text[:100]}")
+            try:
+                items = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as exc:
+                raise ValueError(f"invalid Python list ({exc}); use JSON: {text[:100]}") from None
+        else:
+            try:
+                items = json.loads(text)
+            except ValueError:
+                raise ValueError(f"Expected JSON array, got: {text[:100]}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"Expected JSON array, got: {text[:100]}")
+        return [str(item).strip() for item in items if item]
+
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         """The typed output fields of ``signature`` found in ``completion``."""
         by_name = {name.lower(): name for name in signature.output_fields}
@@ -159,6 +196,6 @@ class TolerantChatAdapter(dspy.ChatAdapter):
         if missing:
             raise dspy.AdapterParseError(
                 adapter_name="TolerantChatAdapter", signature=signature, lm_response=completion,
-                message=f"missing required output field(s): {', '.join(missing)}", parsed_result=fields,
+                message=f"Missing required field: {', '.join(missing)}", parsed_result=fields,
             )
         return fields
