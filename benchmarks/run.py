@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import report
 from .harness import Upstream, machine, wrk_capacity
+from .scenarios_batchapi import scenario_batchapi
 from .scenarios_dask import scenario_dask
 from .scenarios_data import scenario_cached_rerun, scenario_export, scenario_memory
 from .scenarios_dspy import scenario_dspy
@@ -36,10 +37,12 @@ from .scenarios_proxy import scenario_proxy
 HERE = Path(__file__).resolve().parent
 FULL = {"n_throughput": 5_000, "n_latency": 2_000, "n_rerun": 100_000, "n_memory": 20_000,
         "export_sizes": (200_000, 1_000_000), "n_proxy": 5_000, "n_proxy_hits": 20_000,
-        "n_dspy": 2_000, "n_dspy_rerun": 10_000}
+        "n_dspy": 2_000, "n_dspy_rerun": 10_000,
+        "batch_sizes": (200_000, 1_000_000)}
 QUICK = {"n_throughput": 1_000, "n_latency": 500, "n_rerun": 10_000, "n_memory": 2_000,
          "export_sizes": (20_000, 100_000), "n_proxy": 1_000, "n_proxy_hits": 2_000,
-         "n_dspy": 500, "n_dspy_rerun": 2_000}
+         "n_dspy": 500, "n_dspy_rerun": 2_000,
+         "batch_sizes": (20_000, 100_000)}
 
 
 def log(message: str) -> None:
@@ -49,7 +52,7 @@ def log(message: str) -> None:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the noisy scenarios (default 5)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke test")
     parser.add_argument("--out", default=None, help="where to write the Markdown report")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -102,6 +105,9 @@ def _scenarios(only: set[str], sizes: dict, rounds: int, workdir: Path) -> list[
         log(f"scenario 10: Dask, 2 worker processes x {fewer} rounds, and the global budget")
         with Upstream(50.0) as slow:
             done(scenario_dask(slow, workdir, fewer, log))
+    if "11" in only:
+        log(f"scenario 11: a provider batch job of {sizes['batch_sizes'][1]:,} rows x {few} rounds")
+        done(scenario_batchapi(workdir, few, sizes["batch_sizes"], log))
     return sections
 
 

@@ -58,6 +58,14 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .batch import (
+        BatchJob,
+        batch_jobs,
+        batch_status_overview,
+        cancel_all_batches,
+        cancel_all_local_batches,
+        cancel_batch,
+    )
     from .compat import Cooldown, PromptCache, RpmGate
     from .engine.backend import OpenAIMinimaLlm
     from .engine.pool import run_batched_callable
@@ -69,6 +77,12 @@ if TYPE_CHECKING:
 # Names whose modules load on first use: name -> module (relative to this package).
 _LAZY = {
     "BackendPulse": ".engine.pulse",
+    "BatchJob": ".batch",
+    "batch_jobs": ".batch",
+    "batch_status_overview": ".batch",
+    "cancel_all_batches": ".batch",
+    "cancel_all_local_batches": ".batch",
+    "cancel_batch": ".batch",
     "BackendStats": ".engine.pulse",
     "Cooldown": ".compat",
     "PromptCache": ".compat",
@@ -101,6 +115,7 @@ __all__ = [
     "BackendStats",
     "BatchAborted",
     "BatchConfig",
+    "BatchJob",
     "BatchPendingResponse",
     "BatchSnapshot",
     "BudgetExceeded",
@@ -130,6 +145,11 @@ __all__ = [
     "TransportError",
     "Usage",
     "__version__",
+    "batch_jobs",
+    "batch_status_overview",
+    "cancel_all_batches",
+    "cancel_all_local_batches",
+    "cancel_batch",
     "configure",
     "get_backend",
     "get_force_refresh",

@@ -101,10 +101,13 @@ class BatchConfig:
 class ParasailBatchConfig:
     """Settings of the providers' batch APIs (upload JSONL, poll, download into the cache).
 
-    ``state_dir`` keeps the submitted batches' state files so a run can be resumed;
+    ``state_dir`` keeps the submitted batches' state (one SQLite file, default: the cache
+    directory) so a run can be resumed;
     ``prefix`` names the batches so that several runs can share one account
     (``llm_batch_prefix`` is minima-llm's user-facing name for it, used when ``prefix`` is not
-    set); ``max_batch_size`` caps the requests of one uploaded batch.
+    set); ``max_batch_size`` and ``max_batch_bytes`` cap the lines and encoded bytes of one
+    uploaded batch; ``max_rounds`` bounds how often a row is sent again after its batch expired,
+    was lost or failed it with a retryable error.
     """
 
     llm_batch_prefix: str | None = None
@@ -114,11 +117,17 @@ class ParasailBatchConfig:
     max_poll_hours: float = 24.0
     max_batch_size: int = 50_000
     completion_window: str = "24h"
+    max_batch_bytes: int = 190_000_000  # OpenAI's 200 MB, less a margin; Parasail takes 500 MB
+    upload_purpose: str = "batch"  # Together wants "batch-api"
+    max_rounds: int = 3  # batches per row: expired, lost and retryable failed rows go again
 
     def __post_init__(self) -> None:
         _check(self.poll_interval_s > 0, f"poll_interval_s={self.poll_interval_s} must be > 0 (PARASAIL_POLL_INTERVAL_S).")
         _check(self.max_poll_hours > 0, f"max_poll_hours={self.max_poll_hours} must be > 0 (PARASAIL_MAX_POLL_HOURS).")
         _check(self.max_batch_size >= 1, f"parasail.max_batch_size={self.max_batch_size} must be at least 1.")
+        _check(self.max_batch_bytes >= 1024, f"parasail.max_batch_bytes={self.max_batch_bytes} must be at least 1024.")
+        _check(self.max_rounds >= 1, f"parasail.max_rounds={self.max_rounds} must be at least 1.")
+        _check(bool(self.completion_window), "parasail.completion_window is empty; OpenAI accepts only '24h'.")
 
     @property
     def effective_prefix(self) -> str | None:

@@ -28,7 +28,7 @@ from minima_nb.testing import MockServer
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = ["01_quickstart.ipynb", "02_eval_sweep.ipynb", "03_cache_and_parquet.ipynb",
-             "04_dspy_judge.ipynb", "06_dask.ipynb"]
+             "04_dspy_judge.ipynb", "05_batch_jobs.ipynb", "06_dask.ipynb"]
 WHERE_AM_I = "import sys\nprint(sys.executable, sys.prefix)"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CELL_TIMEOUT_S = 60
@@ -38,6 +38,13 @@ CELL_TIMEOUT_S = 60
 # preview of answers (the answers stay on the workers until the compute returns).
 NO_PREVIEW = {"06_dask.ipynb"}
 CHECKS = {
+    "05_batch_jobs.ipynb": (
+        'assert again.equals(df["answer"]) and server.requests_total == 0\n'
+        'assert more["answer"].notna().all() and details["error"].notna().sum() == 2\n'
+        'assert set(minima_nb.batch_jobs()["state"]) == {"completed"}\n'
+        "server.stop()\n"
+        'print("batch jobs ok")'
+    ),
     "01_quickstart.ipynb": (
         'assert df["answer"].notna().all()\n'
         "assert list(details.columns) == [\n"

@@ -46,8 +46,7 @@ from minima_nb.compat import RateLimitInfo
 
 # Names of minima-llm's __all__ that arrive with the batch-API and proxy issues and the
 # predecessor's cache face; this set only shrinks, and the successor issue closes at empty.
-NOT_YET = {"batch_status_overview", "cancel_batch", "cancel_all_batches",
-           "cancel_all_local_batches"}
+NOT_YET: set[str] = set()
 
 
 def ask(prompt: str, **fields) -> MinimaLlmRequest:

@@ -12,6 +12,7 @@ import sys
 
 from .._version import __version__
 from .args import PROG, OneLineErrorParser
+from .batch import add_batch_command
 from .cache import add_cache_command
 from .mock import add_mock_server_command
 from .proxy import add_proxy_command
@@ -27,6 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                        parser_class=OneLineErrorParser)
     add_mock_server_command(subparsers)
     add_cache_command(subparsers)
+    add_batch_command(subparsers)
     add_proxy_command(subparsers)
     return parser
 

@@ -1,4 +1,5 @@
-"""minima-llm's spellings on the backend: ``cfg``, ``from_env``, ``run_batched_callable``, the pulse.
+"""minima-llm's spellings on the backend: ``cfg``, ``from_env``, ``run_batched_callable``, the pulse,
+``batch_mode`` (which hands over to the batch-API edge, loaded when called).
 
 Kept out of :mod:`.backend` so that the backend reads as what it does; ``OpenAIMinimaLlm``
 inherits these. Each is a thin alias over the backend's own parts, with minima-llm's name and
@@ -23,6 +24,15 @@ class PredecessorSpellings:
 
     config: MinimaLlmConfig
     _pulse: BackendPulse
+    _batch_collector: Any = None  # set inside batch_mode(): the backend collects misses instead of sending
+
+    def batch_mode(self, prefix: str | None = None) -> Any:
+        """minima-llm's provider batch flow: ``async with backend.batch_mode("run-7"): ...`` collects
+        the cache misses (``generate`` returns ``BatchPendingResponse``), then submits them as
+        provider batches and waits on exit; afterwards the same calls are answered from the cache."""
+        from ..integrations.batchapi.mode import batch_mode  # the edge, loaded when used
+
+        return batch_mode(self, prefix)
 
     @property
     def cfg(self) -> MinimaLlmConfig:

@@ -98,11 +98,16 @@ def parse_answer(body: bytes) -> ParsedAnswer:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ResponseError(f"server answered 2xx but the body is not JSON: {_preview(body)}") from None
+    return answer_of(data, _body_text(body), body)
+
+
+def answer_of(data: Any, raw_json: str | None = None, body: bytes = b"") -> ParsedAnswer:
+    """Read an already parsed chat-completion body (a batch output line's ``response.body``)."""
     if not isinstance(data, dict):
-        raise ResponseError(f"server answered 2xx with JSON that is not an object: {_preview(body)}")
+        raise ResponseError(f"server answered 2xx with JSON that is not an object: {_shown(body, data)}")
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ResponseError(f"server answered 2xx without choices: {_preview(body)}")
+        raise ResponseError(f"server answered 2xx without choices: {_shown(body, data)}")
     choice = choices[0]
     raw_message = choice.get("message")
     message: dict[str, Any] = raw_message if isinstance(raw_message, dict) else {}
@@ -121,8 +126,12 @@ def parse_answer(body: bytes) -> ParsedAnswer:
         output_tokens=_int_or_none(usage.get("completion_tokens", usage.get("output_tokens"))),
         model=data.get("model") if isinstance(data.get("model"), str) else None,
         raw=data,
-        raw_json=_body_text(body),
+        raw_json=raw_json,
     )
+
+
+def _shown(body: bytes, data: Any) -> str:
+    return _preview(body or repr(data)[:200].encode())
 
 
 def _body_text(body: bytes) -> str | None:

@@ -40,6 +40,33 @@ def _warn(message: str | None) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)  # points at the user's call
 
 
+# -- provider batch jobs (the batch API is an edge: loaded when used) ----------------------
+
+
+def _submit_batch(job: Generation, backend: Any, *, details: bool, force_refresh: bool,
+                      prefix: str | None, on_interrupt: str = "wait") -> Any:
+    """``job``'s rows as a provider batch job: a ``BatchJob`` whose ``result()`` is generate()'s value.
+
+    The rows are the accessor's own (same requests, same cache keys); cached rows are never sent.
+    """
+    if force_refresh:
+        raise ValueError("via='batch' answers from batches into the cache; force_refresh is not supported "
+                         "there (use the live path, or a new cache_namespace)")
+    from ..integrations.batchapi.job import BatchJob  # the edge, loaded when used
+
+    backend = session.get_backend() if backend is None else backend
+    positions = [p for p, messages in enumerate(job.slots) if messages is not None]
+    requests = job._requests(positions)
+
+    def shape(results: list[Any]) -> Any:
+        value, warning = job._shape(results, positions, [None] * len(job.slots), details)
+        if warning:
+            warnings.warn(warning, UserWarning, stacklevel=3)
+        return value
+
+    return BatchJob.submit(backend, requests, prefix=prefix, shaper=shape, on_interrupt=on_interrupt)
+
+
 # -- the accessors ----------------------------------------------------------------------------
 
 
@@ -80,7 +107,8 @@ class MinimaFrameAccessor:
                  schema_mode: str = "json", max_cost: float | None = None,
                  price: Mapping[str, float] | None = None,
                  max_tokens_total: int | None = None,
-                 preview: bool = True) -> pd.Series | pd.DataFrame:
+                 preview: bool = True, via: str = "live",
+                 prefix: str | None = None) -> pd.Series | pd.DataFrame:
         """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
 
         ``prompt`` is a column of strings or chat message lists, or a template such as
@@ -111,6 +139,10 @@ class MinimaFrameAccessor:
         (a ``BatchAborted``: ``exc.partial`` holds every answered row, all cached).
         ``preview=False`` hides the last answers and failures shown under the notebook bar.
 
+        ``via="batch"`` sends the uncached rows as provider batch jobs (half price, up to 24 h)
+        named ``prefix`` and waits for them; interrupting the wait leaves them running, and
+        running the cell again reattaches (see :meth:`submit`).
+
         >>> df["answer"] = df.minima.generate("prompt")                          # doctest: +SKIP
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
         """
@@ -119,10 +151,36 @@ class MinimaFrameAccessor:
                                schema_mode)
         attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
         job.preview = preview
+        if via not in ("live", "batch"):
+            raise ValueError(f"via={via!r}: use 'live' (the default) or 'batch' (provider batch jobs)")
+        if via == "batch":
+            if schema is not None or max_cost is not None or max_tokens_total is not None:
+                raise ValueError("via='batch' does not take schema=, max_cost= or max_tokens_total= yet; "
+                                 "use the live path for those")
+            batch = _submit_batch(job, backend, details=details, force_refresh=force_refresh, prefix=prefix)
+            return batch.wait(progress=progress).result()
         value, warning = job.run(backend, details=details, progress=progress,
                                  force_refresh=force_refresh)
         _warn(warning)
         return value
+
+    def submit(self, prompt: str, *, backend: Any = None, system: str | None = None,
+               model: str | None = None, temperature: float | None = None,
+               max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
+               details: bool = False, name: Hashable | None = None, prefix: str | None = None,
+               on_interrupt: str = "wait") -> Any:
+        """Submit the uncached rows as provider batch jobs and return a ``BatchJob`` at once.
+
+        ``job.status()``, ``job.wait()``, ``job.cancel()``; ``job.result()`` is what
+        ``generate(...)`` would have returned. The job's state is on disk (beside the cache):
+        after a restart, running the same cell again reattaches to it.
+
+        >>> job = df.minima.submit("prompt", prefix="run-7")                      # doctest: +SKIP
+        >>> df["answer"] = job.wait().result()                                   # doctest: +SKIP
+        """
+        job = self._generation(prompt, system, name, _call_params(model, temperature, max_tokens, extra))
+        return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
+                                 on_interrupt=on_interrupt)
 
     def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                  model: str | None = None, temperature: float | None = None,

@@ -22,7 +22,7 @@ from .structured import BAD_JSON, structured_text
 __all__ = [
     "BAD_JSON", "DSPY_REPLIES", "ERRORS", "ERRORS_429", "FAULT_KINDS", "KNOWN_ANSWERS", "MALFORMED_BODY",
     "MOCK_MODELS", "RATE_LIMITED", "TOKEN_LIMIT", "answer_text", "check_dspy_variant", "check_kinds",
-    "content_text", "count_tokens", "dspy_answer", "echo_credentials", "error_response", "json_response",
+    "content_text", "count_tokens", "drop_connection", "dspy_answer", "echo_credentials", "error_response", "handle_models", "json_response",
     "last_user_text", "mock_answer", "openai_duration", "ratelimit_headers", "truncate",
 ]
 
@@ -233,6 +233,24 @@ def echo_credentials(response: web.Response, authorization: str) -> web.Response
     dropped = ("content-length", "content-type")  # set again by json_response
     headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
     return json_response(response.status, payload, headers)
+
+
+async def drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Send the headers and part of the promised body, then close the connection."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = "application/json"
+    response.content_length = 4096
+    await response.prepare(request)
+    await response.write(b'{"id": "chatcmpl-mock-drop", "object": "chat.completion", "cho')
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "minima-nb"}
+            for name in MOCK_MODELS]
+    return json_response(200, {"object": "list", "data": data}, {})
 
 
 def check_dspy_variant(variant: str) -> str:

@@ -19,6 +19,8 @@ sloppy-but-readable or incomplete variant for the parser tests (``replies.DSPY_R
 Further fault modes for the reliability suite: ``max_body_bytes`` answers 413 to larger bodies,
 ``redirect_to`` answers every chat request with a redirect elsewhere, and ``echo_credentials``
 quotes the received Authorization header in every error body (as some servers and proxies do).
+The provider batch API (``/v1/files``, ``/v1/batches``) lives in :mod:`.files` and
+:mod:`.batches`, on a clock sped up by ``batch_time_scale``; ``server.batches`` scripts its faults.
 
 Run it from sync code (``with MockServer() as s:`` runs a private loop in a daemon thread) or
 from async code (``async with MockServer() as s:`` runs on the current loop).
@@ -38,6 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .batches import BatchStore
+from .files import FileStore
 from .replies import (
     BAD_JSON,
     ERRORS_429,
@@ -50,8 +54,10 @@ from .replies import (
     check_kinds,
     content_text,
     count_tokens,
+    drop_connection,
     echo_credentials,
     error_response,
+    handle_models,
     json_response,
     last_user_text,
     mock_answer,
@@ -84,6 +90,7 @@ class MockServer:
                  clock: Callable[[], float] = time.monotonic, rate_window_s: float = _WINDOW_S,
                  max_body_bytes: int | None = None, redirect_to: str | None = None,
                  redirect_status: int = 307, echo_credentials: bool = False,
+                 batch_time_scale: float = 3600.0, batch_run_s: float = 600.0,
                  dspy_replies: str = "exact") -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
@@ -110,6 +117,9 @@ class MockServer:
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.reset_counts()
+        self.files = FileStore(self._authorized)  # /v1/files and /v1/batches (see batches.py)
+        self.batches = BatchStore(self.files, self._authorized, self._next_fault, time_scale=batch_time_scale,
+                                  run_s=batch_run_s, timeout_delay_s=timeout_delay_s, clock=clock)
 
     def __repr__(self) -> str:  # never shows the required API key
         state = f"url={self.base_url!r}" if self._port else "stopped"
@@ -233,7 +243,9 @@ class MockServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         for prefix in ("/v1", ""):
             app.router.add_post(f"{prefix}/chat/completions", self._handle_chat)
-            app.router.add_get(f"{prefix}/models", _handle_models)
+            app.router.add_get(f"{prefix}/models", handle_models)
+            self.files.routes(app, prefix)
+            self.batches.routes(app, prefix)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=_SHUTDOWN_GRACE_S)
         await runner.setup()
@@ -280,11 +292,13 @@ class MockServer:
             self._by_status[status] += 1
         return response
 
+    def _authorized(self, request: web.Request) -> bool:
+        return self._api_key is None or request.headers.get("Authorization") == f"Bearer {self._api_key}"
+
     async def _respond(self, request: web.Request, body: dict | None,
                        prompt: str) -> tuple[web.StreamResponse, int]:
-        if self._api_key is not None:
-            if request.headers.get("Authorization") != f"Bearer {self._api_key}":
-                return error_response(401, self._rate_check(consume=False)[0]), 401
+        if not self._authorized(request):
+            return error_response(401, self._rate_check(consume=False)[0]), 401
         headers, retry_after = self._rate_check(consume=True)
         if retry_after is not None:
             headers = {**headers, "Retry-After": str(retry_after)}
@@ -371,7 +385,7 @@ class MockServer:
             await asyncio.sleep(self._timeout_delay_s)
             return self._answer(body, headers), 200
         if kind == "drop":
-            return await _drop_connection(request, headers), 0
+            return await drop_connection(request, headers), 0
         if kind == "malformed":
             return web.Response(status=200, text=MALFORMED_BODY, content_type="application/json",
                                 headers=headers), 200
@@ -381,24 +395,6 @@ class MockServer:
             return self._answer(body, headers, content=None, choices=kind == "null"), 200
         status = int(kind)
         return error_response(status, headers), status
-
-
-async def _drop_connection(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
-    """Send the headers and part of the promised body, then close the connection."""
-    response = web.StreamResponse(status=200, headers=headers)
-    response.content_type = "application/json"
-    response.content_length = 4096
-    await response.prepare(request)
-    await response.write(b'{"id": "chatcmpl-mock-drop", "object": "chat.completion", "cho')
-    if request.transport is not None:
-        request.transport.close()
-    return response
-
-
-async def _handle_models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "minima-nb"}
-            for name in MOCK_MODELS]
-    return json_response(200, {"object": "list", "data": data}, {})
 
 
 def _serve_forever(loop: asyncio.AbstractEventLoop) -> None:
