@@ -6,10 +6,8 @@ The code lives in :mod:`minima_nb.integrations.dspy`; importing this module with
 
 from __future__ import annotations
 
-from dspy import AdapterParseError  # minima-llm re-exported it from here
-
 from .integrations.dspy.lm import MinimaLlmDSPyLM
-from .integrations.dspy.parsing import TolerantChatAdapter
+from .integrations.dspy.parsing import AdapterParseError, TolerantChatAdapter
 from .integrations.dspy.program import print_dspy_prompt, run_dspy_batch, run_dspy_batch_generic
 
 __all__ = ["AdapterParseError", "MinimaLlmDSPyLM", "TolerantChatAdapter", "print_dspy_prompt", "run_dspy_batch",

@@ -121,6 +121,9 @@ def _typed(value: str, annotation: Any) -> Any:
     return parse_value(value, annotation)
 
 
+AdapterParseError = dspy.AdapterParseError  # what parse raises; minima-llm exported it from its adapter
+
+
 class TolerantChatAdapter(dspy.ChatAdapter):
     """A ``dspy.ChatAdapter`` whose ``parse`` accepts what models really write (module docstring).
 
