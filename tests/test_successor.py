@@ -119,6 +119,10 @@ def test_first_failures_are_printed_and_the_abort_lists_the_last_ones(capsys):
     assert printed == ["minima: failure 1: r1: ServerError: boom", "minima: failure 2: r3: ServerError: boom"]
     recent = info.value.message.split("Recent failures:\n", 1)[1].splitlines()
     assert recent == ["  - r7: ServerError: boom", "  - r9: ServerError: boom", "  - r11: ServerError: boom"]
+    with pytest.raises(BatchAborted) as none_kept:
+        asyncio.run(run_batched_callable(list(range(4)), _fail_some,
+                                         BatchConfig(max_failures=0, keep_failure_summaries=0), progress=False))
+    assert "Recent failures" not in none_kept.value.message
 
 
 # -- config ------------------------------------------------------------------------------------------

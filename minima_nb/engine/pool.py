@@ -78,7 +78,7 @@ class _Pool(Generic[T, R]):
         self.async_fn = async_fn
         self.max_failures = max_failures
         self.print_first = print_first
-        self.recent: deque[str] = deque(maxlen=max(keep_last, 1))
+        self.recent: deque[str] = deque(maxlen=keep_last)  # 0 keeps none, as in minima-llm
         self.weights = weights
         self.fatal = fatal
         self.meter = meter
@@ -129,11 +129,11 @@ class _Pool(Generic[T, R]):
                 f"would fail the same way: {result.error_type}: {result.message}"
             )
         if reason is None and self.max_failures is not None and self.failures > self.max_failures:
-            recent = "\n".join(f"  - {line}" for line in self.recent)
+            recent = "".join(f"\n  - {line}" for line in self.recent)
             reason = (
                 f"stopped after {self.failures} failed requests, more than batch.max_failures="
                 f"{self.max_failures} (BATCH_MAX_FAILURES; 'none' never stops); last error: "
-                f"{result.error_type}: {result.message}\nRecent failures:\n{recent}"
+                f"{result.error_type}: {result.message}" + (f"\nRecent failures:{recent}" if recent else "")
             )
         if reason is not None and self.abort_reason is None:
             self.abort_reason = reason
