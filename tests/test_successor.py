@@ -395,3 +395,21 @@ def test_a_missing_lookup_dir_is_the_file_not_found_error_minima_llm_raised(srv,
     with pytest.raises(FileNotFoundError, match="cache_lookup_dirs") as info:
         make_backend(srv, tmp_path / "c", cache_lookup_dirs=(str(tmp_path / "nope"),))
     assert isinstance(info.value, CacheError)
+
+
+def test_body_snippet_never_keeps_a_piece_of_an_echoed_key(tmp_path):
+    """A server quoting the key in its error: the snippet has none of it, even where the key
+    is longer than the snippet and crosses its end."""
+    from minima_nb.testing import MockServer
+
+    key = "zq" + "7" * 400  # not key-shaped: only the exact-key rule can catch it
+    with MockServer(echo_credentials=True) as server:
+        server.script("echo", ["400"])
+        llm = make_backend(server, tmp_path, api_key=key)
+        try:
+            failure = run_sync(llm.generate(ask("echo")))
+        finally:
+            close_backend(llm)
+    assert isinstance(failure, MinimaLlmFailure) and failure.status == 400
+    assert "Authorization" in failure.body_snippet and "[redacted]" in failure.body_snippet
+    assert key[:12] not in failure.body_snippet and len(failure.body_snippet) <= 300

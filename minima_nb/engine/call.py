@@ -21,7 +21,7 @@ from .limits import RateLimitInfo
 from .looplocal import LoopLocal
 from .meter import BatchMeter, current_meter
 from .pacer import RatePacer
-from .retry import RetryPolicy, classify_status
+from .retry import RetryPolicy, classify_status, redact
 from .transport import HttpReply, Transport, make_transport
 from .wire import ParsedAnswer, parse_answer
 
@@ -129,10 +129,12 @@ class Caller:
             raise
 
     def _snippet(self, body: bytes) -> str:
-        """The first characters of a body for a failure report; the API key, if echoed, masked."""
-        text = body[:BODY_SNIPPET_BYTES].decode("utf-8", errors="replace")
-        key = self.config.api_key
-        return text.replace(key, "***") if key else text
+        """The start of a body for a failure report, credentials redacted (the API key if the
+        server echoed it, and anything key-shaped). Redacted before it is cut, so that a key
+        straddling the cut cannot leave its first characters behind."""
+        key = self.config.api_key or ""
+        window = body[: BODY_SNIPPET_BYTES + len(key) + 64].decode("utf-8", errors="replace")
+        return redact(window, (key,))[:BODY_SNIPPET_BYTES]
 
     async def _wait_before_retry(self, err: CallError, attempt: int, meter: BatchMeter | None) -> None:
         delay = self.policy.delay(err, attempt, self._rng)

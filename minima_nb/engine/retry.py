@@ -31,7 +31,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -181,11 +181,19 @@ def _server_message(body: bytes | str | None, lowered_headers: Mapping[str, str]
 
 def _mask(text: str, lowered_headers: Mapping[str, str]) -> str:
     """Remove credentials from text the server sent back (some servers echo the key)."""
+    secrets = []
     for name in _SECRET_HEADERS:
         value = lowered_headers.get(name, "")
-        for part in {value, value.split()[-1] if value.split() else ""}:
-            if len(part) >= 4:
-                text = text.replace(part, "[redacted]")
+        secrets += [value, value.split()[-1] if value.split() else ""]
+    return redact(text, secrets)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without credentials: each of ``secrets`` (4 characters or more), bearer and
+    basic tokens, and key-shaped strings (``sk-...``), each replaced by ``[redacted]``."""
+    for secret in set(secrets):
+        if len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     return _KEY_SHAPED.sub(lambda m: f"{m.group(1)}-[redacted]", text)
 
