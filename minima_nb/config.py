@@ -25,6 +25,7 @@ from .environment import (
     parse_bool,
     parse_name_list,
     parse_number,
+    parse_optional_int,
     read_env,
     setting_from_env,
 )
@@ -383,8 +384,8 @@ def _coerce(f: dataclasses.Field, value: Any, setting: str) -> Any:
                 raise ConfigError(f"{setting}={value!r} must be a whole number.")
             return kind(value)
         if isinstance(value, str):
-            if "None" in hint and value.strip().lower() in ("none", "null", "never"):
-                return None
+            if hint == "int | None":  # the environment's rule: a number, or "none" for no limit
+                return parse_optional_int(value, setting)
             return parse_number(kind, value, setting)
     elif "str" in hint:
         if isinstance(value, (str, os.PathLike)):
