@@ -129,8 +129,11 @@ def test_a_job_fills_the_cache_and_generate_then_sends_nothing(tmp_path: Path) -
             assert all(isinstance(r, MinimaLlmResponse) and r.cache_source == "batch" for r in results)
             assert results[0].usage.input_tokens == 1 and results[0].usage.output_tokens
             assert server.batches.lines_for("q1") == 1 and server.batches.lines_total == 30
-            assert backend.cache.get_raw(job.state.chunk_items(1)[custom_id_of(
-                list(keys_of(requests(["q0"]), "mock-model", None))[0][2])])["minima_batch"]["batch_id"]
+            key = list(keys_of(requests(["q0"]), "mock-model", None))[0][2]
+            assert key in job.state.chunk_items(1)
+            raw = backend.cache.get_raw(key)
+            assert raw["minima_batch"] == {"batch_id": raw["minima_batch"]["batch_id"], "custom_id": custom_id_of(key)}
+            assert raw["minima_batch"]["batch_id"].startswith("batch_") and raw["choices"][0]["message"]["content"]
             server.reset_counts()
             again = await backend.run_batched(requests(prompts), progress=False)
             assert [r.text for r in again] == [_answer(p) for p in prompts] and server.requests_total == 0

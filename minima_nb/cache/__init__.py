@@ -9,7 +9,15 @@ schema and migrations), :mod:`.writer` (the one writer thread), :mod:`.store` (`
 
 from .adoption import Adoption, Wanted
 from .file import CACHE_FILENAME, COLUMNS, MIGRATIONS, SCHEMA_VERSION
-from .key import KeyTracer, cache_key, canonical_json, key_function, normalise_numbers
+from .key import (
+    KeyTracer,
+    cache_key,
+    canonical_json,
+    key_function,
+    messages_json,
+    messages_key_function,
+    normalise_numbers,
+)
 from .legacy import LEGACY_TABLE, legacy_key, read_legacy
 from .store import FIRST_ROWID, READ_CHUNK, CachedAnswer, CacheRow, PromptCache, page_rows, page_sql
 from .writer import BUSY_TIMEOUT_S, LOCK_RETRY_S, connect, retry_when_busy
@@ -17,6 +25,7 @@ from .writer import BUSY_TIMEOUT_S, LOCK_RETRY_S, connect, retry_when_busy
 __all__ = [
     "Adoption", "Wanted", "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "FIRST_ROWID", "LOCK_RETRY_S", "MIGRATIONS",
     "LEGACY_TABLE", "READ_CHUNK", "SCHEMA_VERSION", "legacy_key", "read_legacy", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache",
-    "cache_key", "canonical_json", "connect", "key_function", "normalise_numbers", "page_rows",
+    "cache_key", "canonical_json", "connect", "key_function", "messages_json", "messages_key_function",
+    "normalise_numbers", "page_rows",
     "page_sql", "retry_when_busy",
 ]

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KeyTracer", "cache_key", "canonical_json", "key_function", "normalise_numbers",
-           "string_messages_json"]
+__all__ = ["KeyTracer", "cache_key", "canonical_json", "key_function", "messages_json", "messages_key_function",
+           "normalise_numbers", "string_messages_json"]
 
 # json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds this same
 # encoder on every call; one shared instance (it keeps no state between calls) saves that.
@@ -80,18 +80,12 @@ def string_messages_json(messages: Any, *, canonical: bool) -> str | None:
     return "[" + comma.join(spelled) + "]"
 
 
-def key_function(
-    model: str,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: Mapping[str, Any] | None,
-    namespace: str | None = None,
-) -> Callable[[Any], tuple[str, str]]:
-    """``cache_key`` with everything but the messages fixed: ``key_of(messages) -> (key, canonical)``.
+def _key_parts(model: str, temperature: float | None, max_tokens: int | None,
+               extra: Mapping[str, Any] | None, namespace: str | None) -> tuple[str, str]:
+    """The canonical JSON around the messages: ``prefix + messages JSON + suffix`` is the key's text.
 
-    For many prompts under the same parameters (a DataFrame column): the canonical JSON of a
-    dict is its ``"name":value`` parts in name order, so the parts other than ``messages`` are
-    encoded once here and each call encodes only the messages before hashing.
+    The canonical JSON of a dict is its ``"name":value`` parts in name order, so the parts other
+    than ``messages`` are encoded once per set of request fields.
     """
     fields: dict[str, Any] = {
         "model": normalise_numbers(model),
@@ -106,15 +100,57 @@ def key_function(
     names = sorted([*fields, "messages"])
     split = names.index("messages")
     prefix = "{" + "".join(parts[n] + "," for n in names[:split]) + encode("messages") + ":"
-    suffix = "".join("," + parts[n] for n in names[split + 1:]) + "}"
-    sha256 = hashlib.sha256
+    return prefix, "".join("," + parts[n] for n in names[split + 1:]) + "}"
+
+
+def messages_json(messages: Any) -> str:
+    """The canonical JSON of a message list (the key's spelling: keys sorted, no spaces)."""
+    body = string_messages_json(messages, canonical=True)
+    return _CANONICAL.encode(normalise_numbers(messages)) if body is None else body
+
+
+def key_function(
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: Mapping[str, Any] | None,
+    namespace: str | None = None,
+) -> Callable[[Any], tuple[str, str]]:
+    """``cache_key`` with everything but the messages fixed: ``key_of(messages) -> (key, canonical)``.
+
+    For many prompts under the same parameters (a DataFrame column): the parts other than
+    ``messages`` are encoded once here and each call encodes only the messages before hashing.
+    """
+    prefix, suffix = _key_parts(model, temperature, max_tokens, extra, namespace)
+    encode, sha256 = _CANONICAL.encode, hashlib.sha256
+
+    def key_of(messages: Any) -> tuple[str, str]:
+        body = string_messages_json(messages, canonical=True)  # messages_json, inlined: once per row
+        if body is None:
+            body = encode(normalise_numbers(messages))
+        canonical = prefix + body + suffix
+        return sha256(canonical.encode("utf-8")).hexdigest(), canonical
+
+    return key_of
+
+
+def messages_key_function(
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: Mapping[str, Any] | None,
+    namespace: str | None = None,
+) -> Callable[[Any], tuple[str, str]]:
+    """Like :func:`key_function`, but ``key_of(messages) -> (key, messages JSON)``: the bulk path
+    of callers that send the messages too (provider batch files reuse the spelling in each line)."""
+    prefix, suffix = _key_parts(model, temperature, max_tokens, extra, namespace)
+    encode, sha256 = _CANONICAL.encode, hashlib.sha256
 
     def key_of(messages: Any) -> tuple[str, str]:
         body = string_messages_json(messages, canonical=True)
         if body is None:
             body = encode(normalise_numbers(messages))
-        canonical = prefix + body + suffix
-        return sha256(canonical.encode("utf-8")).hexdigest(), canonical
+        return sha256((prefix + body + suffix).encode("utf-8")).hexdigest(), body
 
     return key_of
 

@@ -344,6 +344,18 @@ class PromptCache:
             self._pending[key] = (seq, values)
             self._drop_committed()
 
+    def put_many(self, rows: list[tuple[Any, ...]]) -> None:
+        """Queue already serialised rows (``COLUMNS`` order; messages, params and raw as JSON
+        text) to be committed together in one transaction: the bulk path of a batch ingest.
+
+        Unlike ``put``, the rows are not readable before they are committed: call ``flush()``.
+        """
+        for values in rows:
+            if not isinstance(values[5], str):
+                raise ValueError(f"cache row {values[0]!r} has text={values[5]!r}; only string answers are cached.")
+        if rows:
+            self._writer.submit_many(rows)
+
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until every row put so far is committed (CacheError after ``timeout`` seconds)."""
         self._writer.wait(timeout)

@@ -85,6 +85,10 @@ _FLUSH = object()  # "commit what you have now"
 _STOP = object()  # "commit what you have, then exit"
 
 
+class _Bulk(list[Any]):
+    """Rows queued together by ``submit_many``: committed as one transaction of their own."""
+
+
 class BatchWriter:
     """The one thread that writes: it groups queued rows into one transaction per batch.
 
@@ -108,6 +112,7 @@ class BatchWriter:
         self._error: CacheError | None = None
         self._fatal: CacheError | None = None
         self.writes = 0
+        self._held: Any = None  # a bulk lot taken from the queue while a batch was being gathered
         self._thread = threading.Thread(target=self._run, name="minima-cache-writer", daemon=True)
         self._thread.start()
 
@@ -120,6 +125,18 @@ class BatchWriter:
                 raise CacheError(f"the cache {str(self._path)!r} is closed; open it again to write.")
             self._submitted += 1
             self._queue.put((self._submitted, values))
+            return self._submitted
+
+    def submit_many(self, rows: list[_Values]) -> int:
+        """Queue many serialised rows as one item, committed in one transaction of their own
+        (however many, so a bulk load pays one commit); the sequence number of the lot."""
+        if self._error is not None or self._fatal is not None or not self._thread.is_alive():
+            self.raise_pending()
+        with self._cond:
+            if self._stopping:
+                raise CacheError(f"the cache {str(self._path)!r} is closed; open it again to write.")
+            self._submitted += 1
+            self._queue.put((self._submitted, _Bulk(rows)))
             return self._submitted
 
     @property
@@ -195,12 +212,17 @@ class BatchWriter:
         this thread (a wake-up per row would cost the answering thread a GIL hand-over each
         time), only ``wait``/``stop`` do, through ``_wake``.
         """
-        item = self._queue.get()
+        item, self._held = self._held or self._queue.get(), None
         batch: list[tuple[int, _Values]] = []
         deadline = time.monotonic() + self._interval
         while True:
             if item is _STOP or item is _FLUSH:
                 return batch, item is _STOP
+            if type(item[1]) is _Bulk:  # a lot of its own: what was gathered first goes first
+                if batch:
+                    self._held = item
+                    return batch, False
+                return [item], False
             batch.append(item)
             if len(batch) >= self._max_rows:
                 return batch, False
@@ -223,16 +245,17 @@ class BatchWriter:
 
     def _write(self, conn: sqlite3.Connection, batch: list[tuple[int, _Values]]) -> None:
         error = None
+        rows = batch[0][1] if type(batch[0][1]) is _Bulk else [values for _, values in batch]
         try:
-            retry_when_busy(lambda: _commit(conn, self._statement, [values for _, values in batch]))
+            retry_when_busy(lambda: _commit(conn, self._statement, rows))
         except sqlite3.Error as exc:
-            error = CacheError(f"could not write {len(batch)} row(s) to the cache {str(self._path)!r}: "
+            error = CacheError(f"could not write {len(rows)} row(s) to the cache {str(self._path)!r}: "
                                f"{exc}; those answers were not saved (check disk space and permissions).")
             _log.warning("%s", error)
         with self._cond:
             self._done = batch[-1][0]
             if error is None:
-                self.writes += len(batch)
+                self.writes += len(rows)
             else:
                 self._error = error
             self._cond.notify_all()

@@ -5,8 +5,10 @@ body is exactly what the live path sends (:func:`~minima_nb.engine.wire.build_pa
 ``custom_id`` is a digest of the request's cache key, never a position: identical prompts are
 one line, and a line maps back to its cache key whatever order the provider answers in.
 Requests are read in windows of a few thousand, so memory stays flat however many rows a job
-has; duplicates are dropped against the window and against the state file's items (the
-items' primary key makes a duplicate id in one job impossible, so none is ever uploaded).
+has; duplicates are dropped against the window and, across windows, by a fixed-size filter
+whose rare "maybe" is settled against the state file's items, so no duplicate id is ever
+uploaded. Each line is spelled from parts encoded once per set of request fields around the
+messages' JSON (the very text the cache key hashed), and written a window at a time.
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...cache import key_function
+from ...cache import messages_json, messages_key_function
 from ...engine.wire import build_payload, encode
 from ...types import MinimaLlmRequest
 from .state import BatchState
 
-__all__ = ["ChunkLimits", "custom_id_of", "keys_of", "line_of", "read_lines", "write_chunks"]
+__all__ = ["ChunkLimits", "custom_id_of", "keyed", "keys_of", "line_of", "read_lines", "write_chunks"]
 
 LINE_URL = "/v1/chat/completions"
 _WINDOW = 5000
 _PREFIX = b'{"custom_id":"'
-
+_BLOOM_BITS = 1 << 26  # 8 MB whatever the job's size: memory stays flat (see _Seen)
 
 def custom_id_of(key: str) -> str:
     """The custom_id of a cache key: 44 characters of ``[A-Za-z0-9-]``, stable across runs."""
@@ -48,19 +50,96 @@ def custom_id_in(line: bytes) -> str:
     return line[len(_PREFIX):line.index(b'"', len(_PREFIX))].decode()
 
 
-def keys_of(requests: Iterable[MinimaLlmRequest], model: str, namespace: str | None
-            ) -> Iterator[tuple[MinimaLlmRequest, str, str]]:
-    """``(request, its model, its cache key)``: the key the backend gives it (same function)."""
-    functions: dict[tuple[Any, ...], Callable[[Any], tuple[str, str]]] = {}
+def _fields(request: MinimaLlmRequest, used: str) -> tuple[Any, ...]:
+    return used, type(request.temperature), request.temperature, request.max_tokens, id(request.extra)
+
+
+Row = tuple[MinimaLlmRequest, str, str, "bytes | None"]  # request, its model, its cache key, its input line
+
+
+def keyed(requests: Iterable[MinimaLlmRequest], model: str, namespace: str | None) -> Iterator[Row]:
+    """``(request, its model, its cache key, its input line)``: the key the backend gives it,
+    computed per set of request fields, and the line spelled around the very messages JSON the
+    key hashed (the parts around it encoded once per set of fields, see :class:`_Bodies`)."""
+    groups: dict[tuple[Any, ...], tuple[Callable[[Any], tuple[str, str]], tuple[str, str] | None]] = {}
     for request in requests:
         used = request.model or model
         fields = (used, type(request.temperature), request.temperature, request.max_tokens, id(request.extra))
-        key_of = functions.get(fields)
-        if key_of is None:
-            key_of = key_function(used, request.temperature, request.max_tokens, request.extra, namespace)
-            if len(functions) < 256:
-                functions[fields] = key_of
-        yield request, used, key_of(request.messages)[0]
+        group = groups.get(fields)
+        if group is None:
+            group = (messages_key_function(used, request.temperature, request.max_tokens, request.extra, namespace),
+                     _Bodies.split(request, used))
+            if len(groups) < 256:
+                groups[fields] = group
+        key, messages = group[0](request.messages)
+        parts = group[1]
+        if parts is None:
+            yield request, used, key, None
+        else:
+            yield request, used, key, (f'{{"custom_id":"mnb-{key[:40]}","method":"POST","url":"{LINE_URL}",'
+                                       f'"body":{parts[0]}{messages}{parts[1]}}}\n').encode()
+
+
+def keys_of(requests: Iterable[MinimaLlmRequest], model: str, namespace: str | None
+            ) -> Iterator[tuple[MinimaLlmRequest, str, str]]:
+    """``(request, its model, its cache key)``: the key the backend gives it (same function)."""
+    for request, used, key, _ in keyed(requests, model, namespace):
+        yield request, used, key
+
+
+class _Bodies:
+    """Request bodies as ``head + messages JSON + tail``: what :func:`build_payload` encodes,
+    with the parts around the messages encoded once per set of request fields."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[Any, ...], tuple[str, str] | None] = {}
+
+    def line(self, key: str, request: MinimaLlmRequest, model: str) -> bytes:
+        fields = _fields(request, model)
+        if fields in self._parts:
+            parts = self._parts[fields]
+        else:
+            parts = self.split(request, model)
+            if len(self._parts) < 256:
+                self._parts[fields] = parts
+        if parts is None:  # extra sets "messages" itself: the general encoder
+            return line_of(custom_id_of(key), encode(build_payload(request, model)))
+        return (f'{{"custom_id":"{custom_id_of(key)}","method":"POST","url":"{LINE_URL}","body":{parts[0]}'
+                f'{messages_json(request.messages)}{parts[1]}}}\n').encode()
+
+    @staticmethod
+    def split(request: MinimaLlmRequest, model: str) -> tuple[str, str] | None:
+        """The body's text before and after the messages' JSON, or None when it has no one place."""
+        empty = MinimaLlmRequest(request.request_id, [], request.temperature, request.max_tokens, model, request.extra)
+        text = encode(build_payload(empty, model)).decode()
+        marker = '"messages":[]'
+        if text.count(marker) != 1 or (request.extra and "messages" in request.extra):
+            return None
+        head, tail = text.split(marker)
+        return head + '"messages":', tail
+
+
+class _Seen:
+    """Which cache keys a job's files hold already, in flat memory: a Bloom filter (two bits per
+    key, taken from the key's own hash digits) answers "new" for almost every new key; its rare
+    "maybe" is settled against the state file's items."""
+
+    def __init__(self, *, everything: bool = False) -> None:
+        self.bits = bytearray(_BLOOM_BITS // 8)
+        self.everything = everything  # keys written before this filter was made: look every key up
+
+    def maybe(self, key: str) -> bool:
+        """Whether ``key`` may have been added (and add it)."""
+        if self.everything:
+            return True
+        bits, digits = self.bits, int(key[:14], 16)  # 56 bits of SHA-256: two 26-bit positions
+        a, b = digits & (_BLOOM_BITS - 1), (digits >> 28) & (_BLOOM_BITS - 1)
+        byte_a, bit_a, byte_b, bit_b = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
+        if bits[byte_a] & bit_a and bits[byte_b] & bit_b:
+            return True
+        bits[byte_a] |= bit_a
+        bits[byte_b] |= bit_b
+        return False
 
 
 @dataclass(frozen=True)
@@ -79,10 +158,16 @@ class _Open:
     lines: int = 0
     size: int = 0
     sha256: Any = field(default_factory=hashlib.sha256)
+    block: list[bytes] = field(default_factory=list)  # lines not yet written: one write per window
+    keys: list[tuple[int, str]] = field(default_factory=list)  # (former chunk, key) of those lines
 
 
 class _Writer:
-    """Open input files per model; a file is closed (and recorded ``written``) when full."""
+    """Open input files per model; a file is closed (and recorded ``written``) when full.
+
+    Lines are written a window at a time in one block, and their items recorded in the state
+    (new ones added, or re-queued ones moved here) before the file is closed.
+    """
 
     def __init__(self, state: BatchState, job_id: str, directory: Path, limits: ChunkLimits, round_: int) -> None:
         self.state, self.job_id, self.directory, self.limits, self.round = state, job_id, directory, limits, round_
@@ -101,19 +186,40 @@ class _Writer:
             current = self.open[model] = _Open(chunk_id, path, open(path, "wb"))  # noqa: SIM115
         return current
 
-    def write(self, model: str, line: bytes) -> int:
-        if len(line) > self.limits.bytes:
-            raise ValueError(f"one request is {len(line):,} bytes encoded, over the batch limit of "
+    def write(self, model: str, line: bytes, key: str, origin: int = 0) -> None:
+        size = len(line)
+        if size > self.limits.bytes:
+            raise ValueError(f"one request is {size:,} bytes encoded, over the batch limit of "
                              f"{self.limits.bytes:,} (parasail.max_batch_bytes)")
-        current = self.target(model, len(line))
-        current.handle.write(line)
-        current.sha256.update(line)
+        current = self.open.get(model)
+        if current is None or current.lines >= self.limits.lines or current.size + size > self.limits.bytes:
+            current = self.target(model, size)
+        current.block.append(line)
+        current.keys.append((origin, key))
         current.lines += 1
-        current.size += len(line)
-        return current.chunk_id
+        current.size += size
+
+    def sync(self, current: _Open) -> None:
+        """Write the chunk's pending block and record its items."""
+        if current.block:
+            data = b"".join(current.block)
+            current.handle.write(data)
+            current.sha256.update(data)
+            current.block.clear()
+        if current.keys:
+            if self.round == 1:
+                self.state.add_items(current.chunk_id, [key for _, key in current.keys])
+            else:
+                self.state.move_items(current.keys, current.chunk_id)
+            current.keys.clear()
+
+    def sync_all(self) -> None:
+        for current in self.open.values():
+            self.sync(current)
 
     def close(self, model: str) -> None:
         current = self.open.pop(model)
+        self.sync(current)
         current.handle.close()
         self.state.update_chunk(current.chunk_id, status="written", lines=current.lines, bytes=current.size,
                                 input_sha256=current.sha256.hexdigest())
@@ -126,34 +232,49 @@ class _Writer:
 
 
 def write_chunks(state: BatchState, job_id: str, directory: str | os.PathLike[str],
-                 rows: Iterable[tuple[MinimaLlmRequest, str, str]], limits: ChunkLimits) -> tuple[list[int], int, int]:
-    """Write the unique requests of ``rows`` (``keys_of``'s triples) into input files.
+                 rows: Iterable[Row] | Iterable[tuple[MinimaLlmRequest, str, str]],
+                 limits: ChunkLimits) -> tuple[list[int], int, int]:
+    """Write the unique requests of ``rows`` (:func:`keyed`'s rows, or :func:`keys_of`'s
+    triples) into the input files of a new job.
 
-    Returns (chunk ids, rows seen, unique prompts written). Items are recorded per window,
+    Returns (chunk ids, rows seen, unique prompts written). Duplicates are dropped in a window
+    of a few thousand rows (exactly), and across windows by :class:`_Seen`, whose rare "maybe"
+    is looked up in the state file's items. Items are recorded with each window's block,
     before their file is closed, so the state knows every line a file holds.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(state, job_id, folder, limits, 1)
+    writer, bodies = _Writer(state, job_id, folder, limits, 1), _Bodies()
+    seen_before = _Seen(everything=bool(state.counts(job_id)))
     seen = unique = 0
-    window: dict[str, tuple[MinimaLlmRequest, str, str]] = {}
+    window: dict[str, tuple[Any, ...]] = {}
 
     def flush() -> int:
-        known = state.known(job_id, list(window))
-        items = []
-        for custom_id, (request, model, key) in window.items():
-            if custom_id in known:
+        written, maybe = 0, []
+        for key, row in window.items():
+            if seen_before.maybe(key):
+                maybe.append(key)
                 continue
-            body = encode(build_payload(request, model))
-            items.append((custom_id, key, writer.write(model, line_of(custom_id, body))))
-        state.add_items(job_id, items)
+            line = row[3] if len(row) > 3 else None
+            writer.write(row[1], line if line is not None else bodies.line(key, row[0], row[1]), key)
+            written += 1
+        writer.sync_all()  # the window's items are in the state before a "maybe" is looked up
+        if maybe:
+            known = state.known(job_id, maybe)
+            for key in maybe:
+                if key not in known:
+                    row = window[key]
+                    line = row[3] if len(row) > 3 else None
+                    writer.write(row[1], line if line is not None else bodies.line(key, row[0], row[1]), key)
+                    written += 1
+            writer.sync_all()
         window.clear()
-        return len(items)
+        return written
 
     try:
-        for request, model, key in rows:
+        for row in rows:
             seen += 1
-            window.setdefault(custom_id_of(key), (request, model, key))
+            window.setdefault(row[2], row)
             if len(window) >= _WINDOW:
                 unique += flush()
         if window:
@@ -163,31 +284,37 @@ def write_chunks(state: BatchState, job_id: str, directory: str | os.PathLike[st
     return chunk_ids, seen, unique
 
 
-def read_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The non-empty lines of a JSONL file, streamed."""
-    with open(path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield line
+def read_lines(path: str | os.PathLike[str], block: int = 1 << 23) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL file (without their newline), streamed in blocks of 8 MB:
+    one read per block, not per line, so a thread committing beside it does not hold up every read."""
+    with open(path, "rb", buffering=0) as handle:
+        rest = b""
+        while True:
+            data = handle.read(block)
+            if not data:
+                break
+            lines = (rest + data if rest else data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if line.strip():
+                    yield line
+        if rest.strip():
+            yield rest
 
 
 def rewrite(state: BatchState, job_id: str, directory: str | os.PathLike[str],
-            sources: dict[str, tuple[str, set[str]]], limits: ChunkLimits, round_: int) -> list[int]:
-    """A new round: the lines named by ``sources`` (first input path -> (model, custom_ids)).
+            sources: dict[str, tuple[str, dict[str, tuple[int, str]]]], limits: ChunkLimits, round_: int) -> list[int]:
+    """A new round: the lines named by ``sources`` (first input path -> (model, custom_id ->
+    (the item's chunk, its cache key))).
 
     The items move to their new chunk before it is marked ``written``: a chunk left
     ``writing`` by a crash is discarded on resume and its items re-queued again.
     """
     writer = _Writer(state, job_id, Path(directory), limits, round_)
-    moved: dict[int, list[str]] = {}
     for path, (model, wanted) in sources.items():
         for line in read_lines(path):
-            custom_id = custom_id_in(line)
-            if custom_id in wanted:
-                chunk_id = writer.write(model, line if line.endswith(b"\n") else line + b"\n")
-                moved.setdefault(chunk_id, []).append(custom_id)
-    for model in list(writer.open):
-        writer.open[model].handle.flush()
-    for chunk_id, custom_ids in moved.items():
-        state.move_items(job_id, custom_ids, chunk_id)
+            found = wanted.get(custom_id_in(line))
+            if found is not None:
+                writer.write(model, line + b"\n", found[1], found[0])
+        writer.sync_all()
     return writer.close_all()

@@ -30,7 +30,7 @@ from ...types import (
     MinimaLlmRequest,
     MinimaLlmResult,
 )
-from .chunks import ChunkLimits, keys_of, rewrite, write_chunks
+from .chunks import ChunkLimits, custom_id_of, keys_of, rewrite, write_chunks
 from .client import TERMINAL, AmbiguousCreate, BatchClient, BatchLost
 from .ingest import ingest_chunk
 from .results import DONE_CHUNKS, job_results, snapshot
@@ -295,14 +295,14 @@ class BatchJob:
             return
         chunks = {c["chunk_id"]: c for c in self.state.chunks(self.job_id)}
         limit = self.config.parasail.max_rounds
-        self.state.give_up(self.job_id, [cid for cid, _, rounds in waiting if rounds >= limit])
-        sources: dict[str, tuple[str, set[str]]] = {}
-        for custom_id, origin, rounds in waiting:
+        self.state.give_up([(chunk, key) for key, chunk, _, rounds in waiting if rounds >= limit])
+        sources: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {}
+        for key, chunk, origin, rounds in waiting:
             if rounds < limit:
                 first = chunks[origin]
-                sources.setdefault(first["path"], (first["model"], set()))[1].add(custom_id)
+                sources.setdefault(first["path"], (first["model"], {}))[1][custom_id_of(key)] = (chunk, key)
         if sources:
-            next_round = 1 + max(rounds for _, _, rounds in waiting)
+            next_round = 1 + max(rounds for _, _, _, rounds in waiting)
             limits = ChunkLimits(self.config.parasail.max_batch_size, self.config.parasail.max_batch_bytes)
             rewrite(self.state, self.job_id, self.workdir, sources, limits, next_round)
 

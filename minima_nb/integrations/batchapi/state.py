@@ -1,8 +1,8 @@
 """The batch jobs' state: one SQLite file, written before every remote call.
 
 ``{state_dir or cache_dir}/minima_batches.db`` holds, per job, its chunks (one chunk = one input
-file = one remote batch) and its items (one per unique prompt: ``custom_id -> cache key``, the
-chunk it is in, its outcome). Each chunk row moves through
+file = one remote batch) and its items (one per unique prompt: its cache key, from which the
+line's ``custom_id`` is derived, the chunk it is in, its outcome). Each chunk row moves through
 
     written -> uploading -> uploaded -> creating -> submitted -> (terminal) -> ingested
 
@@ -43,11 +43,13 @@ _SCHEMA = (
         error_file_id TEXT, total INTEGER, completed INTEGER, failed INTEGER, polls INTEGER DEFAULT 0,
         lag_polls INTEGER DEFAULT 0, last_error TEXT, created_at REAL NOT NULL, updated_at REAL)""",
     "CREATE INDEX IF NOT EXISTS chunks_job ON chunks(job_id)",
+    # One row per unique prompt of a job, keyed by its chunk: written a chunk at a time, in
+    # order, so the rows of a new chunk are appended rather than scattered (a million-row job
+    # writes its state at the speed of its files). The custom_id is derived from the key.
     """CREATE TABLE IF NOT EXISTS items (
-        job_id TEXT NOT NULL, custom_id TEXT NOT NULL, cache_key TEXT NOT NULL, chunk_id INTEGER,
-        origin INTEGER, state TEXT NOT NULL, rounds INTEGER NOT NULL DEFAULT 1, status INTEGER, error_type TEXT,
-        error TEXT, PRIMARY KEY (job_id, custom_id)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS items_chunk ON items(chunk_id)",
+        chunk_id INTEGER NOT NULL, cache_key TEXT NOT NULL, origin INTEGER, state TEXT NOT NULL DEFAULT 'queued',
+        rounds INTEGER NOT NULL DEFAULT 1, status INTEGER, error_type TEXT, error TEXT,
+        PRIMARY KEY (chunk_id, cache_key)) WITHOUT ROWID""",
 )
 CHUNK_FIELDS = ("chunk_id", "job_id", "round", "model", "path", "lines", "bytes", "input_sha256", "status",
                 "file_id", "submission_id", "batch_id", "remote_status", "output_file_id", "error_file_id",
@@ -56,6 +58,15 @@ CHUNK_FIELDS = ("chunk_id", "job_id", "round", "model", "path", "lines", "bytes"
 _JOB_FIELDS = ("job_id", "prefix", "fingerprint", "state", "base_url", "endpoint", "completion_window",
                "rows", "prompts", "cancel_requested_at", "created_at", "updated_at", "finished_at", "note")
 _IN_CHUNK = 500
+_JOB_CHUNKS = "chunk_id IN (SELECT chunk_id FROM chunks WHERE job_id = ?)"
+# The first layout keyed items by (job_id, custom_id): rows scattered over the whole table.
+_MIGRATE_ITEMS = (
+    "ALTER TABLE items RENAME TO items_v1",
+    _SCHEMA[-1],
+    "INSERT INTO items(chunk_id, cache_key, origin, state, rounds, status, error_type, error) "
+    "SELECT chunk_id, cache_key, origin, state, rounds, status, error_type, error FROM items_v1",
+    "DROP TABLE items_v1",
+)
 
 
 def state_path(config: Any) -> Path:
@@ -79,8 +90,15 @@ class BatchState:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA cache_size=-16384")  # 16 MB: items arrive in hash order, a bounded page cache helps
         with self._lock:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA[:-1]:
                 self._conn.execute(statement)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(items)")}
+            if "job_id" in columns:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for statement in _MIGRATE_ITEMS:
+                    self._conn.execute(statement)
+                self._conn.execute("COMMIT")
+            self._conn.execute(_SCHEMA[-1])
 
     @classmethod
     def of(cls, config: Any) -> BatchState:
@@ -177,62 +195,74 @@ class BatchState:
         rows = self._run(f"SELECT {', '.join(CHUNK_FIELDS)} FROM chunks WHERE batch_id = ?", (batch_id,))
         return dict(zip(CHUNK_FIELDS, rows[0], strict=True)) if rows else None
 
-    # -- items --
+    # -- items (one per unique prompt; the custom_id of a line is derived from its cache key) --
 
-    def add_items(self, job_id: str, rows: Iterable[tuple[str, str, int]]) -> None:
-        """Record ``(custom_id, cache_key, chunk_id)`` rows as ``queued``."""
-        self._many("INSERT INTO items(job_id, custom_id, cache_key, chunk_id, origin, state) "
-                   "VALUES (?, ?, ?, ?, ?, 'queued')", ((job_id, cid, key, chunk, chunk) for cid, key, chunk in rows))
+    def add_items(self, chunk_id: int, keys: Iterable[str]) -> None:
+        """Record the cache keys of lines written into ``chunk_id`` as ``queued``."""
+        self._many("INSERT INTO items(chunk_id, cache_key, origin) VALUES (?, ?, ?)",
+                   ((chunk_id, key, chunk_id) for key in sorted(keys)))
 
-    def known(self, job_id: str, custom_ids: Sequence[str]) -> set[str]:
-        """Which of ``custom_ids`` the job already has."""
+    def known(self, job_id: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the job already has."""
         found: set[str] = set()
-        for start in range(0, len(custom_ids), _IN_CHUNK):
-            part = custom_ids[start:start + _IN_CHUNK]
-            rows = self._run(f"SELECT custom_id FROM items WHERE job_id = ? AND custom_id IN "
+        for start in range(0, len(keys), _IN_CHUNK):
+            part = keys[start:start + _IN_CHUNK]
+            rows = self._run(f"SELECT cache_key FROM items WHERE {_JOB_CHUNKS} AND cache_key IN "
                              f"({','.join('?' * len(part))})", (job_id, *part))
             found.update(r[0] for r in rows)
         return found
 
-    def chunk_items(self, chunk_id: int) -> dict[str, str]:
-        """``custom_id -> cache key`` of a chunk's items."""
-        return dict(self._run("SELECT custom_id, cache_key FROM items WHERE chunk_id = ?", (chunk_id,)))
+    def chunk_items(self, chunk_id: int) -> list[str]:
+        """The cache keys of a chunk's items."""
+        return [r[0] for r in self._run("SELECT cache_key FROM items WHERE chunk_id = ?", (chunk_id,))]
 
-    def set_items(self, job_id: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Outcomes ``(custom_id, state, status, error_type, error)``, committed in one transaction."""
-        self._many("UPDATE items SET state = ?, status = ?, error_type = ?, error = ? "
-                   "WHERE job_id = ? AND custom_id = ?",
-                   ((state, status, kind, error, job_id, cid) for cid, state, status, kind, error in rows))
+    def finish_chunk(self, chunk_id: int, outcomes: Iterable[tuple[Any, ...]],
+                     rest: tuple[str, int | None, str | None, str | None] = ("done", 200, None, None)) -> None:
+        """A chunk's outcomes in one transaction: ``(cache_key, state, status, error_type, error)``
+        rows, then ``rest`` for every item of the chunk still ``queued`` (the answered ones: one
+        statement for the common outcome instead of one per row)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany(
+                    "UPDATE items SET state = ?, status = ?, error_type = ?, error = ? "
+                    "WHERE chunk_id = ? AND cache_key = ?",
+                    ((state, status, kind, error, chunk_id, key) for key, state, status, kind, error in outcomes))
+                self._conn.execute("UPDATE items SET state = ?, status = ?, error_type = ?, error = ? "
+                                   "WHERE chunk_id = ? AND state = 'queued'", (*rest, chunk_id))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
-    def requeued(self, job_id: str) -> list[tuple[str, int, int]]:
-        """``(custom_id, first chunk, rounds)`` of the items waiting to be sent again."""
-        return self._run("SELECT custom_id, origin, rounds FROM items WHERE job_id = ? AND state = 'requeue'",
-                         (job_id,))
+    def requeued(self, job_id: str) -> list[tuple[str, int, int, int]]:
+        """``(cache_key, chunk, first chunk, rounds)`` of the items waiting to be sent again."""
+        return self._run(f"SELECT cache_key, chunk_id, origin, rounds FROM items WHERE {_JOB_CHUNKS} "
+                         "AND state = 'requeue'", (job_id,))
 
     def requeue_chunk(self, chunk_id: int) -> None:
         """Every unfinished item of a chunk back to ``requeue`` (its batch was lost or discarded)."""
         self._run("UPDATE items SET state = 'requeue' WHERE chunk_id = ? AND state = 'queued'", (chunk_id,))
 
-    def give_up(self, job_id: str, custom_ids: Sequence[str]) -> None:
-        """Re-queued items out of rounds: failed for good, with their last error."""
-        self._many("UPDATE items SET state = 'failed' WHERE job_id = ? AND custom_id = ?",
-                   ((job_id, cid) for cid in custom_ids))
+    def give_up(self, entries: Iterable[tuple[int, str]]) -> None:
+        """Re-queued items ``(chunk, cache_key)`` out of rounds: failed for good, with their last error."""
+        self._many("UPDATE items SET state = 'failed' WHERE chunk_id = ? AND cache_key = ?", entries)
 
-    def move_items(self, job_id: str, custom_ids: Iterable[str], chunk_id: int) -> None:
-        """Put re-queued items into a new chunk, one round more."""
+    def move_items(self, entries: Iterable[tuple[int, str]], chunk_id: int) -> None:
+        """Put re-queued items ``(chunk, cache_key)`` into a new chunk, one round more."""
         self._many("UPDATE items SET chunk_id = ?, state = 'queued', rounds = rounds + 1 "
-                   "WHERE job_id = ? AND custom_id = ?", ((chunk_id, job_id, cid) for cid in custom_ids))
+                   "WHERE chunk_id = ? AND cache_key = ?", ((chunk_id, old, key) for old, key in entries))
 
     def outcomes(self, job_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int | None, str | None, str | None]]:
         """``cache key -> (state, status, error_type, error)`` for the job's items among ``keys``."""
         found: dict[str, tuple[str, int | None, str | None, str | None]] = {}
         for start in range(0, len(keys), _IN_CHUNK):
             part = keys[start:start + _IN_CHUNK]
-            rows = self._run("SELECT cache_key, state, status, error_type, error FROM items WHERE job_id = ? "
+            rows = self._run(f"SELECT cache_key, state, status, error_type, error FROM items WHERE {_JOB_CHUNKS} "
                              f"AND cache_key IN ({','.join('?' * len(part))})", (job_id, *part))
             found.update((r[0], tuple(r[1:])) for r in rows)
         return found
 
     def counts(self, job_id: str) -> dict[str, int]:
-        """Items per state (``queued``, ``done``, ``failed``, ``requeue``, ``expired``...)."""
-        return dict(self._run("SELECT state, COUNT(*) FROM items WHERE job_id = ? GROUP BY state", (job_id,)))
+        """Items per state (``queued``, ``done``, ``failed``, ``requeue``...)."""
+        return dict(self._run(f"SELECT state, COUNT(*) FROM items WHERE {_JOB_CHUNKS} GROUP BY state", (job_id,)))
