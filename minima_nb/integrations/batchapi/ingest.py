@@ -97,22 +97,26 @@ class _Inputs:
     def __init__(self, path: str) -> None:
         self.lines = {custom_id_in(line): line for line in read_lines(path)}
         self._params: dict[str, str] = {}
+        self._models: dict[str, str] = {}
 
     def request(self, custom_id: str) -> tuple[str, str, str]:
         line = self.lines[custom_id].decode("utf-8")
         at = len('{"custom_id":"') + len(custom_id)
-        if line.startswith(_INPUT_HEAD, at):
+        start = at + len(_INPUT_HEAD)
+        end = line.find(',"messages":', start) if line.startswith(_INPUT_HEAD, at) else -1
+        if end > 0:  # ',"messages":' cannot occur inside the model's JSON string
             try:
-                model, end = _decode(line, at + len(_INPUT_HEAD))
-                if line.startswith(',"messages":', end):
-                    _, stop = _decode(line, end + 12)
-                    tail = line[stop:].rstrip()[:-1]  # the body's other fields, and its "}"
-                    params = self._params.get(tail)
-                    if params is None:
-                        params = json.dumps(_params(json.loads("{" + tail[1:]) if tail.startswith(",") else {}),
-                                            ensure_ascii=False)
-                        self._params[tail] = params
-                    return model, line[end + 12:stop], params
+                model = self._models.get(line[start:end])
+                if model is None:
+                    model = self._models[line[start:end]] = str(json.loads(line[start:end]))
+                _, stop = _decode(line, end + 12)
+                tail = line[stop:].rstrip()[:-1]  # the body's other fields, and its "}"
+                params = self._params.get(tail)
+                if params is None:
+                    params = json.dumps(_params(json.loads("{" + tail[1:]) if tail.startswith(",") else {}),
+                                        ensure_ascii=False)
+                    self._params[tail] = params
+                return model, line[end + 12:stop], params
             except ValueError:
                 pass
         body = json.loads(line)["body"]  # another spelling: decoded whole
