@@ -30,10 +30,11 @@ from ...types import (
     MinimaLlmRequest,
     MinimaLlmResult,
 )
-from .chunks import ChunkLimits, custom_id_of, keys_of, rewrite, write_chunks
+from .chunks import ChunkLimits, keys_of, write_chunks
 from .client import TERMINAL, AmbiguousCreate, BatchClient, BatchLost
 from .ingest import ingest_chunk
 from .results import DONE_CHUNKS, job_results, snapshot
+from .rounds import check_fallback, next_round, send_live
 from .state import FINAL_JOB_STATES, BatchState, state_path
 
 __all__ = ["BatchJob", "ENDPOINT"]
@@ -55,12 +56,14 @@ class BatchJob:
 
     def __init__(self, job_id: str, config: Any, cache: PromptCache, *, state: BatchState | None = None,
                  requests: Sequence[MinimaLlmRequest] | None = None, keys: Sequence[str] | None = None,
-                 shaper: Callable[[list[Any]], Any] | None = None, on_interrupt: str = "wait") -> None:
+                 shaper: Callable[[list[Any]], Any] | None = None, on_interrupt: str = "wait",
+                 fallback: str = "none", backend: Any = None) -> None:
         if on_interrupt not in ("wait", "cancel"):
             raise ConfigError(f"on_interrupt={on_interrupt!r}: use 'wait' (leave the batches running) or 'cancel'")
         self.job_id, self.config, self.cache = job_id, config, cache
         self.state = state or BatchState.of(config)
         self._requests, self._keys, self._shaper, self.on_interrupt = requests, keys, shaper, on_interrupt
+        self.fallback, self.backend = check_fallback(fallback), backend
         self.client = BatchClient(config.base_url, config.api_key, timeout_s=config.timeout_s,
                                   purpose=config.parasail.upload_purpose)
         self.workdir = state_path(config).parent / "minima_batches" / job_id
@@ -74,13 +77,16 @@ class BatchJob:
     @classmethod
     async def asubmit(cls, backend: Any, requests: Sequence[MinimaLlmRequest], *, prefix: str | None = None,
                       shaper: Callable[[list[Any]], Any] | None = None, on_interrupt: str = "wait",
-                      reattach: bool = True) -> BatchJob:
+                      reattach: bool = True, fallback: str = "none") -> BatchJob:
         """Write and submit the uncached ``requests`` as batches; returns once the first step ran.
 
         The same prompts with the same prefix as a job still running reattach to that job
-        instead of submitting again (``reattach=False`` forces a new job).
+        instead of submitting again (``reattach=False`` forces a new job). ``fallback="live"``
+        sends the rows still unanswered after ``parasail.max_rounds`` rounds (expired, lost,
+        429/5xx) through ``backend``'s normal, full-price requests instead of failing them.
         """
         config, cache = backend.config, backend.cache
+        check_fallback(fallback)
         if cache is None:
             raise ConfigError("provider batch jobs store their answers in the prompt cache: set cache_dir (CACHE_DIR).")
         prefix = prefix or config.parasail.effective_prefix or "minima"
@@ -91,7 +97,7 @@ class BatchJob:
         found = state.find_job(fingerprint) if reattach else None
         if found is not None and (state.job(found) or {}).get("state") != "preparing":
             job = cls(found, config, cache, state=state, requests=requests, keys=keys, shaper=shaper,
-                      on_interrupt=on_interrupt)
+                      on_interrupt=on_interrupt, fallback=fallback, backend=backend)
             print(f"minima_nb: reattached to batch job {found} (same prompts, prefix {prefix!r})", file=sys.stderr)
             return job
         if found is not None:  # a job killed while its files were being written: nothing was sent
@@ -101,7 +107,7 @@ class BatchJob:
                          endpoint=ENDPOINT, completion_window=config.parasail.completion_window,
                          rows=len(rows), prompts=0)
         job = cls(job_id, config, cache, state=state, requests=requests, keys=keys, shaper=shaper,
-                  on_interrupt=on_interrupt)
+                  on_interrupt=on_interrupt, fallback=fallback, backend=backend)
         cached = await asyncio.to_thread(cache.get_texts, dict.fromkeys(keys), count_misses=False)
         todo = (row for row in rows if row[2] not in cached)
         limits = ChunkLimits(config.parasail.max_batch_size, config.parasail.max_batch_bytes)
@@ -118,8 +124,11 @@ class BatchJob:
         return run_sync(cls.asubmit(backend, requests, **options))
 
     @classmethod
-    def open(cls, job_id: str, backend: Any = None, *, config: Any = None) -> BatchJob:
-        """An existing job of this state file, e.g. after a restart: ``BatchJob.open(id).wait()``."""
+    def open(cls, job_id: str, backend: Any = None, *, config: Any = None, fallback: str = "none") -> BatchJob:
+        """An existing job of this state file, e.g. after a restart: ``BatchJob.open(id).wait()``.
+
+        Rows already marked for the live path are sent live whatever ``fallback`` says here.
+        """
         if backend is None and config is None:
             from ...config import MinimaLlmConfig
 
@@ -129,7 +138,7 @@ class BatchJob:
         state = BatchState.of(config)
         if state.job(job_id) is None:
             raise MinimaError(f"no batch job {job_id!r} in {state.path}; `minima-nb batch list` shows the jobs")
-        return cls(job_id, config, cache, state=state)
+        return cls(job_id, config, cache, state=state, fallback=fallback, backend=backend)
 
     # -- status --
 
@@ -204,7 +213,8 @@ class BatchJob:
                 if not getattr(outcome, "retryable", False) and not isinstance(outcome, AmbiguousCreate):
                     raise outcome  # a 4xx, a bug: polling again would not help
         if not cancelling:
-            await asyncio.to_thread(self._next_round)
+            await asyncio.to_thread(next_round, self.state, self.job_id, self.config, self.workdir, self.fallback)
+            await self._send_live()
         self._finish_if_done(cancelling)
         return retry_after
 
@@ -271,6 +281,22 @@ class BatchJob:
             chunk = state.chunk(chunk_id)
         await self._ingest(chunk)
 
+    async def _send_live(self) -> None:
+        """The rows out of rounds marked ``live``: through the backend's normal requests."""
+        if not self.state.items_in(self.job_id, "live"):
+            return
+        backend, own = self.backend, self.backend is None
+        if backend is None:
+            from ...engine.backend import OpenAIMinimaLlm
+
+            backend = OpenAIMinimaLlm(self.config)
+        known = list(zip(self._keys, self._requests, strict=True)) if self._keys and self._requests else []
+        try:
+            await send_live(self.state, self.job_id, backend, known)
+        finally:
+            if own:
+                await backend.aclose()
+
     async def _ingest(self, chunk: dict[str, Any]) -> None:
         paths: list[str | None] = []
         for name in ("output_file_id", "error_file_id"):
@@ -288,28 +314,11 @@ class BatchJob:
                                 batch_error=batch_error)
         self.state.update_chunk(chunk["chunk_id"], status="ingested")
 
-    def _next_round(self) -> None:
-        """Rows to send again: those with rounds left into new files; the others fail for good."""
-        waiting = self.state.requeued(self.job_id)
-        if not waiting:
-            return
-        chunks = {c["chunk_id"]: c for c in self.state.chunks(self.job_id)}
-        limit = self.config.parasail.max_rounds
-        self.state.give_up([(chunk, key) for key, chunk, _, rounds in waiting if rounds >= limit])
-        sources: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {}
-        for key, chunk, origin, rounds in waiting:
-            if rounds < limit:
-                first = chunks[origin]
-                sources.setdefault(first["path"], (first["model"], {}))[1][custom_id_of(key)] = (chunk, key)
-        if sources:
-            next_round = 1 + max(rounds for _, _, _, rounds in waiting)
-            limits = ChunkLimits(self.config.parasail.max_batch_size, self.config.parasail.max_batch_bytes)
-            rewrite(self.state, self.job_id, self.workdir, sources, limits, next_round)
-
     def _finish_if_done(self, cancelling: bool) -> None:
         chunks = self.state.chunks(self.job_id)
         counts = self.state.counts(self.job_id)
-        if any(c["status"] not in DONE_CHUNKS for c in chunks) or counts.get("queued") or counts.get("requeue"):
+        if any(c["status"] not in DONE_CHUNKS for c in chunks) or any(counts.get(s) for s in ("queued", "requeue",
+                                                                                              "live")):
             return
         self.state.update_job(self.job_id, state="cancelled" if cancelling else "completed", finished_at=time.time())
         shutil.rmtree(self.workdir, ignore_errors=True)  # every remote batch is terminal and ingested

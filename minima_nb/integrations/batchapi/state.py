@@ -235,10 +235,25 @@ class BatchState:
                 raise
             self._conn.execute("COMMIT")
 
+    def items_in(self, job_id: str, state: str) -> list[tuple[str, int, int, int]]:
+        """``(cache_key, chunk, first chunk, rounds)`` of the job's items in ``state``."""
+        return self._run(f"SELECT cache_key, chunk_id, origin, rounds FROM items WHERE {_JOB_CHUNKS} "
+                         "AND state = ?", (job_id, state))
+
     def requeued(self, job_id: str) -> list[tuple[str, int, int, int]]:
         """``(cache_key, chunk, first chunk, rounds)`` of the items waiting to be sent again."""
-        return self._run(f"SELECT cache_key, chunk_id, origin, rounds FROM items WHERE {_JOB_CHUNKS} "
-                         "AND state = 'requeue'", (job_id,))
+        return self.items_in(job_id, "requeue")
+
+    def set_state(self, entries: Iterable[tuple[int, str]], state: str) -> None:
+        """Move items ``(chunk, cache_key)`` to ``state`` (their last error kept)."""
+        self._many("UPDATE items SET state = ? WHERE chunk_id = ? AND cache_key = ?",
+                   ((state, chunk, key) for chunk, key in entries))
+
+    def set_outcomes(self, rows: Iterable[tuple[int, str, str, int | None, str | None, str | None]]) -> None:
+        """Outcomes ``(chunk, cache_key, state, status, error_type, error)``, in one transaction."""
+        self._many("UPDATE items SET state = ?, status = ?, error_type = ?, error = ? "
+                   "WHERE chunk_id = ? AND cache_key = ?",
+                   ((state, status, kind, error, chunk, key) for chunk, key, state, status, kind, error in rows))
 
     def requeue_chunk(self, chunk_id: int) -> None:
         """Every unfinished item of a chunk back to ``requeue`` (its batch was lost or discarded)."""
