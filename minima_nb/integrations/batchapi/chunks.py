@@ -14,6 +14,7 @@ messages' JSON (the very text the cache key hashed), and written a window at a t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -302,19 +303,39 @@ def read_lines(path: str | os.PathLike[str], block: int = 1 << 23) -> Iterator[b
             yield rest
 
 
-def rewrite(state: BatchState, job_id: str, directory: str | os.PathLike[str],
-            sources: dict[str, tuple[str, dict[str, tuple[int, str]]]], limits: ChunkLimits, round_: int) -> list[int]:
-    """A new round: the lines named by ``sources`` (first input path -> (model, custom_id ->
-    (the item's chunk, its cache key))).
+def request_of_line(line: bytes, request_id: str) -> tuple[MinimaLlmRequest, str]:
+    """The request one of our input lines asks, and its model: the same cache key as the line's."""
+    body = dict(json.loads(line)["body"])
+    model, messages = body.pop("model"), body.pop("messages")
+    temperature, max_tokens = body.pop("temperature", None), body.pop("max_tokens", None)
+    return MinimaLlmRequest(request_id, messages, temperature, max_tokens, model, body or None), model
 
-    The items move to their new chunk before it is marked ``written``: a chunk left
-    ``writing`` by a crash is discarded on resume and its items re-queued again.
+
+def reseeded(line: bytes, key: str, refresh_round: int, ramp: tuple[float, float]) -> bytes:
+    """``line`` asked again as the live path's forced refresh asks: a new seed (and a temperature
+    when it had none), so a deterministic server does not repeat a refused answer."""
+    request, model = request_of_line(line, "refresh")
+    return line_of(custom_id_of(key), encode(build_payload(request, model, refresh_round=refresh_round,
+                                                           seed_base=int(key[:8], 16), ramp=ramp)))
+
+
+def rewrite(state: BatchState, job_id: str, directory: str | os.PathLike[str],
+            sources: dict[str, tuple[str, dict[str, tuple[int, str, int | None]]]], limits: ChunkLimits,
+            round_: int, ramp: tuple[float, float] = (0.5, 5.0)) -> list[int]:
+    """A new round: the lines named by ``sources`` (first input path -> (model, custom_id ->
+    (the item's chunk, its cache key, its refresh round or None))), read from their first file.
+
+    A line with a refresh round is :func:`reseeded`. The items move to their new chunk before
+    it is marked ``written``: a chunk left ``writing`` by a crash is discarded on resume and its
+    items re-queued again.
     """
     writer = _Writer(state, job_id, Path(directory), limits, round_)
     for path, (model, wanted) in sources.items():
         for line in read_lines(path):
             found = wanted.get(custom_id_in(line))
             if found is not None:
-                writer.write(model, line + b"\n", found[1], found[0])
+                chunk, key, refresh_round = found
+                out = line + b"\n" if refresh_round is None else reseeded(line, key, refresh_round, ramp)
+                writer.write(model, out, key, chunk)
         writer.sync_all()
     return writer.close_all()

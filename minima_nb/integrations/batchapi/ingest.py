@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,9 @@ from ...errors import ResponseError
 from .chunks import custom_id_in, custom_id_of, read_lines
 from .state import BatchState
 
-__all__ = ["IngestCounts", "ingest_chunk"]
+__all__ = ["MISMATCH", "IngestCounts", "ingest_chunk"]
+
+MISMATCH = "SchemaMismatch"  # the error type of an answer the schema refused (as on the live path)
 
 _REQUEST_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens"})
 _RETRYABLE_CODES = frozenset({"batch_expired", "rate_limit_exceeded", "server_error", "timeout"})
@@ -144,11 +146,13 @@ def _records(path: str | None) -> Iterator[tuple[dict[str, Any], str | None]]:
 
 def ingest_chunk(state: BatchState, cache: Any, namespace: str | None, chunk: dict[str, Any],
                  output_path: str | None, error_path: str | None, *, missing: str = "requeue",
-                 batch_error: str | None = None) -> IngestCounts:
+                 batch_error: str | None = None, check: Callable[[str], str | None] | None = None) -> IngestCounts:
     """Read a finished chunk's files into the cache and the items' outcomes.
 
     ``missing`` is the outcome of lines in neither file (``"requeue"``, or ``"cancelled"``
     after a cancel); ``batch_error`` fails every line (a batch that failed validation).
+    ``check`` (a schema's answer check) judges each answer: one it refuses is not cached and
+    is re-queued as a ``SchemaMismatch`` (the next round asks again with a new seed).
     Answers go to the cache in lots (committed while the next lines are read) and are all
     committed before the items say ``done``; the ``done`` rows are one statement.
     """
@@ -178,6 +182,11 @@ def ingest_chunk(state: BatchState, cache: Any, namespace: str | None, chunk: di
                 answer = answer_of(response.get("body"))
             except ResponseError as exc:
                 outcomes.append((key, "requeue", 200, "ResponseError", str(exc)))
+                counts.requeued += 1
+                continue
+            reason = check(answer.text) if check is not None else None
+            if reason is not None:
+                outcomes.append((key, "requeue", 200, MISMATCH, reason[:500]))
                 counts.requeued += 1
                 continue
             assert inputs is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import shutil
 import sys
 import time
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ...cache import PromptCache
-from ...engine.progress import make_sink
 from ...errors import ConfigError, MinimaError, RateLimited
 from ...types import (
     MinimaLlmRequest,
@@ -33,9 +33,10 @@ from ...types import (
 from .chunks import ChunkLimits, keys_of, write_chunks
 from .client import TERMINAL, AmbiguousCreate, BatchClient, BatchLost
 from .ingest import ingest_chunk
-from .results import DONE_CHUNKS, job_results, snapshot
+from .results import DONE_CHUNKS, job_results
 from .rounds import check_fallback, next_round, send_live
 from .state import FINAL_JOB_STATES, BatchState, state_path
+from .waiting import Waiting
 
 __all__ = ["BatchJob", "ENDPOINT"]
 
@@ -50,20 +51,22 @@ def _fingerprint(prefix: str, keys: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-class BatchJob:
+class BatchJob(Waiting):
     """A provider batch job of this cache (see the module docstring). Build one with
     :meth:`submit`/:meth:`asubmit` (or ``df.minima.submit``), or :meth:`open` an existing one."""
 
     def __init__(self, job_id: str, config: Any, cache: PromptCache, *, state: BatchState | None = None,
                  requests: Sequence[MinimaLlmRequest] | None = None, keys: Sequence[str] | None = None,
                  shaper: Callable[[list[Any]], Any] | None = None, on_interrupt: str = "wait",
-                 fallback: str = "none", backend: Any = None) -> None:
+                 fallback: str = "none", backend: Any = None,
+                 check: Callable[[str], str | None] | None = None) -> None:
         if on_interrupt not in ("wait", "cancel"):
             raise ConfigError(f"on_interrupt={on_interrupt!r}: use 'wait' (leave the batches running) or 'cancel'")
         self.job_id, self.config, self.cache = job_id, config, cache
         self.state = state or BatchState.of(config)
         self._requests, self._keys, self._shaper, self.on_interrupt = requests, keys, shaper, on_interrupt
         self.fallback, self.backend = check_fallback(fallback), backend
+        self.check = check if check is not None else _stored_check(self.state.job(job_id))
         self.client = BatchClient(config.base_url, config.api_key, timeout_s=config.timeout_s,
                                   purpose=config.parasail.upload_purpose)
         self.workdir = state_path(config).parent / "minima_batches" / job_id
@@ -77,13 +80,19 @@ class BatchJob:
     @classmethod
     async def asubmit(cls, backend: Any, requests: Sequence[MinimaLlmRequest], *, prefix: str | None = None,
                       shaper: Callable[[list[Any]], Any] | None = None, on_interrupt: str = "wait",
-                      reattach: bool = True, fallback: str = "none") -> BatchJob:
+                      reattach: bool = True, fallback: str = "none",
+                      check: Callable[[str], str | None] | None = None,
+                      answer_schema: dict[str, Any] | None = None) -> BatchJob:
         """Write and submit the uncached ``requests`` as batches; returns once the first step ran.
 
         The same prompts with the same prefix as a job still running reattach to that job
         instead of submitting again (``reattach=False`` forces a new job). ``fallback="live"``
         sends the rows still unanswered after ``parasail.max_rounds`` rounds (expired, lost,
         429/5xx) through ``backend``'s normal, full-price requests instead of failing them.
+        ``check`` judges each answer before it is cached (a schema's check: a refused answer is
+        asked again with a new seed, up to ``max_attempts``); ``answer_schema``
+        (``{"schema": <JSON schema>, "mode": "json"|"prompt"}``) is stored with the job so that
+        a process that opens it by id checks the answers against it too.
         """
         config, cache = backend.config, backend.cache
         check_fallback(fallback)
@@ -97,7 +106,7 @@ class BatchJob:
         found = state.find_job(fingerprint) if reattach else None
         if found is not None and (state.job(found) or {}).get("state") != "preparing":
             job = cls(found, config, cache, state=state, requests=requests, keys=keys, shaper=shaper,
-                      on_interrupt=on_interrupt, fallback=fallback, backend=backend)
+                      on_interrupt=on_interrupt, fallback=fallback, backend=backend, check=check)
             print(f"minima_nb: reattached to batch job {found} (same prompts, prefix {prefix!r})", file=sys.stderr)
             return job
         if found is not None:  # a job killed while its files were being written: nothing was sent
@@ -105,9 +114,10 @@ class BatchJob:
         job_id = f"{prefix[:24]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         state.create_job(job_id, prefix=prefix, fingerprint=fingerprint, base_url=_safe(config.base_url),
                          endpoint=ENDPOINT, completion_window=config.parasail.completion_window,
-                         rows=len(rows), prompts=0)
+                         rows=len(rows), prompts=0,
+                         answer_schema=None if answer_schema is None else json.dumps(answer_schema))
         job = cls(job_id, config, cache, state=state, requests=requests, keys=keys, shaper=shaper,
-                  on_interrupt=on_interrupt, fallback=fallback, backend=backend)
+                  on_interrupt=on_interrupt, fallback=fallback, backend=backend, check=check)
         cached = await asyncio.to_thread(cache.get_texts, dict.fromkeys(keys), count_misses=False)
         todo = (row for row in rows if row[2] not in cached)
         limits = ChunkLimits(config.parasail.max_batch_size, config.parasail.max_batch_bytes)
@@ -292,7 +302,7 @@ class BatchJob:
             backend = OpenAIMinimaLlm(self.config)
         known = list(zip(self._keys, self._requests, strict=True)) if self._keys and self._requests else []
         try:
-            await send_live(self.state, self.job_id, backend, known)
+            await send_live(self.state, self.job_id, backend, known, self.check)
         finally:
             if own:
                 await backend.aclose()
@@ -311,7 +321,7 @@ class BatchJob:
         batch_error = (chunk["last_error"] or "the batch failed validation") if remote == "failed" else None
         await asyncio.to_thread(ingest_chunk, self.state, self.cache, self.config.cache_namespace, chunk,
                                 paths[0], paths[1], missing="cancelled" if remote == "cancelled" else "requeue",
-                                batch_error=batch_error)
+                                batch_error=batch_error, check=self.check)
         self.state.update_chunk(chunk["chunk_id"], status="ingested")
 
     def _finish_if_done(self, cancelling: bool) -> None:
@@ -323,63 +333,7 @@ class BatchJob:
         self.state.update_job(self.job_id, state="cancelled" if cancelling else "completed", finished_at=time.time())
         shutil.rmtree(self.workdir, ignore_errors=True)  # every remote batch is terminal and ingested
 
-    # -- waiting, cancelling, results --
-
-    async def await_done(self, timeout_s: float | None = None, *, progress: Any = "text") -> BatchJob:
-        """Step until the job is final (bounded by ``timeout_s``, default ``max_poll_hours``)."""
-        parasail = self.config.parasail
-        started = time.monotonic()
-        deadline = started + (timeout_s if timeout_s is not None else parasail.max_poll_hours * 3600)
-        sink = make_sink(progress, label=f"batch {self.job_id}", heartbeat_s=self.config.batch.heartbeat_s)
-        delay, status = parasail.poll_interval_s / 8, "interrupted"
-        try:
-            while True:
-                retry_after = await self.astep()
-                sink.update(snapshot(self.state, self.job_id, started))
-                sink.draw()
-                if self.final:
-                    status = "done"
-                    return self
-                if time.monotonic() > deadline:
-                    status = "error"
-                    raise MinimaError(f"batch job {self.job_id} is still running after the wait limit; "
-                                      f"resume with {self._resume_hint()}")
-                await asyncio.sleep(max(delay, retry_after or 0.0))
-                delay = min(parasail.poll_interval_s, delay * 2)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            if self.on_interrupt == "cancel":
-                await asyncio.shield(self._request_cancel())
-            print(f"\nminima_nb: stopped waiting for batch job {self.job_id}; its batches keep running "
-                  f"{'until cancelled' if self.on_interrupt == 'cancel' else 'remotely'}. Resume with "
-                  f"{self._resume_hint()}; cancel with `minima-nb batch cancel {self.job_id}`.", file=sys.stderr)
-            raise
-        finally:
-            sink.close(status)
-
-    def _resume_hint(self) -> str:
-        return f"BatchJob.open({self.job_id!r}).wait() or `minima-nb batch wait {self.job_id}`"
-
-    def wait(self, timeout_s: float | None = None, *, progress: Any = "text") -> BatchJob:
-        """:meth:`await_done` from sync code (Ctrl-C stops waiting, the batches keep running)."""
-        from ...engine.sync import run_sync
-
-        return run_sync(self.await_done(timeout_s, progress=progress))
-
-    async def _request_cancel(self) -> None:
-        if self.state.job(self.job_id) and not self.final:
-            self.state.update_job(self.job_id, cancel_requested_at=time.time())
-            await self.astep()
-
-    async def acancel(self, *, wait: bool = True) -> BatchJob:
-        """Cancel: recorded first, then sent; waits through ``cancelling`` and keeps partial output."""
-        await self._request_cancel()
-        return await self.await_done(progress=False) if wait else self
-
-    def cancel(self, *, wait: bool = True) -> BatchJob:
-        """:meth:`acancel` from sync code."""
-        from ...engine.sync import run_sync
-
-        return run_sync(self.acancel(wait=wait))
+    # -- results --
 
     def results(self) -> list[MinimaLlmResult]:
         """One result per submitted request, in order: the cached answer, or the row's failure."""
@@ -394,6 +348,16 @@ class BatchJob:
         """What ``generate()`` would have returned (a list of results without a notebook shaper)."""
         results = self.results()
         return self._shaper(results) if self._shaper is not None else results
+
+
+def _stored_check(job: dict[str, Any] | None) -> Callable[[str], str | None] | None:
+    """The answer check of a job submitted with a schema (its JSON schema, stored with it)."""
+    spec = json.loads(job["answer_schema"]) if job and job.get("answer_schema") else None
+    if spec is None:
+        return None
+    from ...notebook.schema import AnswerSchema  # pandas: only for a job that has a schema
+
+    return AnswerSchema(spec["schema"], spec.get("mode", "json")).check
 
 
 def _open_cache(config: Any) -> PromptCache:

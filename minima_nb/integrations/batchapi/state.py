@@ -34,7 +34,7 @@ _SCHEMA = (
         job_id TEXT PRIMARY KEY, prefix TEXT, fingerprint TEXT, state TEXT NOT NULL,
         base_url TEXT, endpoint TEXT, completion_window TEXT, rows INTEGER, prompts INTEGER,
         cancel_requested_at REAL, created_at REAL NOT NULL, updated_at REAL, finished_at REAL,
-        note TEXT)""",
+        note TEXT, answer_schema TEXT)""",
     "CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint)",
     """CREATE TABLE IF NOT EXISTS chunks (
         chunk_id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, round INTEGER NOT NULL,
@@ -56,7 +56,8 @@ CHUNK_FIELDS = ("chunk_id", "job_id", "round", "model", "path", "lines", "bytes"
                 "total", "completed", "failed", "polls", "lag_polls", "last_error", "created_at",
                 "updated_at")
 _JOB_FIELDS = ("job_id", "prefix", "fingerprint", "state", "base_url", "endpoint", "completion_window",
-               "rows", "prompts", "cancel_requested_at", "created_at", "updated_at", "finished_at", "note")
+               "rows", "prompts", "cancel_requested_at", "created_at", "updated_at", "finished_at", "note",
+               "answer_schema")
 _IN_CHUNK = 500
 _JOB_CHUNKS = "chunk_id IN (SELECT chunk_id FROM chunks WHERE job_id = ?)"
 # The first layout keyed items by (job_id, custom_id): rows scattered over the whole table.
@@ -92,6 +93,8 @@ class BatchState:
         with self._lock:
             for statement in _SCHEMA[:-1]:
                 self._conn.execute(statement)
+            if "answer_schema" not in {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}:
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN answer_schema TEXT")  # a first-layout file
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(items)")}
             if "job_id" in columns:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -235,13 +238,13 @@ class BatchState:
                 raise
             self._conn.execute("COMMIT")
 
-    def items_in(self, job_id: str, state: str) -> list[tuple[str, int, int, int]]:
-        """``(cache_key, chunk, first chunk, rounds)`` of the job's items in ``state``."""
-        return self._run(f"SELECT cache_key, chunk_id, origin, rounds FROM items WHERE {_JOB_CHUNKS} "
+    def items_in(self, job_id: str, state: str) -> list[tuple[str, int, int, int, str | None]]:
+        """``(cache_key, chunk, first chunk, rounds, last error type)`` of the job's items in ``state``."""
+        return self._run(f"SELECT cache_key, chunk_id, origin, rounds, error_type FROM items WHERE {_JOB_CHUNKS} "
                          "AND state = ?", (job_id, state))
 
-    def requeued(self, job_id: str) -> list[tuple[str, int, int, int]]:
-        """``(cache_key, chunk, first chunk, rounds)`` of the items waiting to be sent again."""
+    def requeued(self, job_id: str) -> list[tuple[str, int, int, int, str | None]]:
+        """``(cache_key, chunk, first chunk, rounds, last error type)`` of the items waiting to be sent again."""
         return self.items_in(job_id, "requeue")
 
     def set_state(self, entries: Iterable[tuple[int, str]], state: str) -> None:

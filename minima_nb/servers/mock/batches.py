@@ -4,8 +4,9 @@ A batch's life is computed from the time since it was created, multiplied by ``t
 (simulated seconds per real second): 60 s validating, ``run_s`` in progress (its request counts
 grow with the time), 60 s finalizing, then completed. With the defaults (scale 3600, 600 s) a
 batch finishes in a fifth of a real second. When a batch finishes, every input line is answered
-as the chat endpoint would answer it (per-prompt scripted faults become error lines) and the
-output and error files are stored in the :class:`~.files.FileStore`.
+as the chat endpoint would answer it (JSON for a requested schema; per-prompt scripted status
+faults become error lines, ``invalid-json``/``wrong-json`` an unusable answer) and the output
+and error files are stored in the :class:`~.files.FileStore`.
 
 Scripted faults, one per created batch in order (``script_batches``):
 
@@ -36,13 +37,14 @@ from aiohttp import web
 
 from .files import FileStore, not_found, unauthorized
 from .replies import (
+    BAD_JSON,
     ERRORS,
     MOCK_MODELS,
+    answer_text,
     content_text,
     count_tokens,
     json_response,
     last_user_text,
-    mock_answer,
     truncate,
 )
 
@@ -56,14 +58,13 @@ _CANCEL_S = 60.0
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
-def completion(body: dict, number: int) -> dict:
-    """The chat.completion the chat endpoint would answer for ``body``."""
+def completion(body: dict, number: int, text: str | None = None) -> dict:
+    """The chat.completion the chat endpoint would answer for ``body`` (JSON for a requested
+    schema); ``text`` replaces the answer (a scripted unusable JSON)."""
     model = str(body.get("model") or MOCK_MODELS[0])
     raw = body.get("messages")
     messages: list[Any] = raw if isinstance(raw, list) else []
-    text = mock_answer(messages, model)
-    if body.get("seed") is not None:
-        text += f" (t={body.get('temperature')}, seed={body['seed']})"
+    text = answer_text(body, messages, model) if text is None else text
     text, finish_reason = truncate(text, body.get("max_tokens", body.get("max_completion_tokens")))
     prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in messages if isinstance(m, dict))
     completion_tokens = count_tokens(text)
@@ -302,7 +303,7 @@ class BatchStore:
                 errors.append(json.dumps(record).encode())
                 continue
             record.update(response={"status_code": 200, "request_id": f"req_{number}",
-                                    "body": completion(body, number)}, error=None)
+                                    "body": completion(body, number, BAD_JSON.get(fault or ""))}, error=None)
             ok.append(json.dumps(record).encode())
         with self._lock:
             self._lines.update(prompts)

@@ -1,0 +1,94 @@
+"""Waiting for a job and cancelling it: the loop that steps a job until it is final, with progress.
+
+:class:`Waiting` is the half of :class:`~.job.BatchJob` that waits: it steps the job with a
+backoff (honouring ``Retry-After``) and draws its progress each step. Interrupting a wait stops
+the waiting only: the remote batches keep running and the message says how to resume or
+cancel (``on_interrupt="cancel"`` cancels instead). A cancel is recorded first, then sent,
+then followed through ``cancelling`` to ``cancelled``, keeping the partial output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from ...engine.progress import make_sink
+from ...errors import MinimaError
+from .results import snapshot
+
+__all__ = ["Waiting"]
+
+
+class Waiting:
+    """What a batch job does while it waits (mixed into :class:`~.job.BatchJob`)."""
+
+    job_id: str
+    config: Any
+    state: Any
+    on_interrupt: str
+
+    async def astep(self) -> float | None:
+        raise NotImplementedError
+
+    @property
+    def final(self) -> bool:
+        raise NotImplementedError
+
+    async def await_done(self, timeout_s: float | None = None, *, progress: Any = "text") -> Any:
+        """Step until the job is final (bounded by ``timeout_s``, default ``max_poll_hours``)."""
+        parasail = self.config.parasail
+        started = time.monotonic()
+        deadline = started + (timeout_s if timeout_s is not None else parasail.max_poll_hours * 3600)
+        sink = make_sink(progress, label=f"batch {self.job_id}", heartbeat_s=self.config.batch.heartbeat_s)
+        delay, status = parasail.poll_interval_s / 8, "interrupted"
+        try:
+            while True:
+                retry_after = await self.astep()
+                sink.update(snapshot(self.state, self.job_id, started))
+                sink.draw()
+                if self.final:
+                    status = "done"
+                    return self
+                if time.monotonic() > deadline:
+                    status = "error"
+                    raise MinimaError(f"batch job {self.job_id} is still running after the wait limit; "
+                                      f"resume with {self._resume_hint()}")
+                await asyncio.sleep(max(delay, retry_after or 0.0))
+                delay = min(parasail.poll_interval_s, delay * 2)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            if self.on_interrupt == "cancel":
+                await asyncio.shield(self._request_cancel())
+            print(f"\nminima_nb: stopped waiting for batch job {self.job_id}; its batches keep running "
+                  f"{'until cancelled' if self.on_interrupt == 'cancel' else 'remotely'}. Resume with "
+                  f"{self._resume_hint()}; cancel with `minima-nb batch cancel {self.job_id}`.", file=sys.stderr)
+            raise
+        finally:
+            sink.close(status)
+
+    def _resume_hint(self) -> str:
+        return f"BatchJob.open({self.job_id!r}).wait() or `minima-nb batch wait {self.job_id}`"
+
+    def wait(self, timeout_s: float | None = None, *, progress: Any = "text") -> Any:
+        """:meth:`await_done` from sync code (Ctrl-C stops waiting, the batches keep running)."""
+        from ...engine.sync import run_sync
+
+        return run_sync(self.await_done(timeout_s, progress=progress))
+
+    async def _request_cancel(self) -> None:
+        if self.state.job(self.job_id) and not self.final:
+            self.state.update_job(self.job_id, cancel_requested_at=time.time())
+            await self.astep()
+
+    async def acancel(self, *, wait: bool = True) -> Any:
+        """Cancel: recorded first, then sent; waits through ``cancelling`` and keeps partial output."""
+        await self._request_cancel()
+        return await self.await_done(progress=False) if wait else self
+
+    def cancel(self, *, wait: bool = True) -> Any:
+        """:meth:`acancel` from sync code."""
+        from ...engine.sync import run_sync
+
+        return run_sync(self.acancel(wait=wait))
+
