@@ -44,27 +44,15 @@ def _warn(message: str | None) -> None:
 
 
 def _submit_batch(job: Generation, backend: Any, *, details: bool, force_refresh: bool,
-                      prefix: str | None, on_interrupt: str = "wait") -> Any:
-    """``job``'s rows as a provider batch job: a ``BatchJob`` whose ``result()`` is generate()'s value.
-
-    The rows are the accessor's own (same requests, same cache keys); cached rows are never sent.
-    """
+                  prefix: str | None, **options: Any) -> Any:
+    """``job``'s rows as a provider batch job: a ``BatchJob`` whose ``result()`` is generate()'s value
+    (schema, spend caps and fallback: see ``minima_nb.integrations.batchapi.frames``)."""
     if force_refresh:
         raise ValueError("via='batch' answers from batches into the cache; force_refresh is not supported "
                          "there (use the live path, or a new cache_namespace)")
-    from ..integrations.batchapi.job import BatchJob  # the edge, loaded when used
+    from ..integrations.batchapi.frames import submit_generation  # the edge, loaded when used
 
-    backend = session.get_backend() if backend is None else backend
-    positions = [p for p, messages in enumerate(job.slots) if messages is not None]
-    requests = job._requests(positions)
-
-    def shape(results: list[Any]) -> Any:
-        value, warning = job._shape(results, positions, [None] * len(job.slots), details)
-        if warning:
-            warnings.warn(warning, UserWarning, stacklevel=3)
-        return value
-
-    return BatchJob.submit(backend, requests, prefix=prefix, shaper=shape, on_interrupt=on_interrupt)
+    return submit_generation(job, backend, details=details, prefix=prefix, **options)
 
 
 # -- the accessors ----------------------------------------------------------------------------
@@ -108,7 +96,7 @@ class MinimaFrameAccessor:
                  price: Mapping[str, float] | None = None,
                  max_tokens_total: int | None = None,
                  preview: bool = True, via: str = "live",
-                 prefix: str | None = None) -> pd.Series | pd.DataFrame:
+                 prefix: str | None = None, fallback: str = "none") -> pd.Series | pd.DataFrame:
         """Answer every row's prompt; a ``string`` Series aligned to ``df.index``.
 
         ``prompt`` is a column of strings or chat message lists, or a template such as
@@ -141,7 +129,11 @@ class MinimaFrameAccessor:
 
         ``via="batch"`` sends the uncached rows as provider batch jobs (half price, up to 24 h)
         named ``prefix`` and waits for them; interrupting the wait leaves them running, and
-        running the cell again reattaches (see :meth:`submit`).
+        running the cell again reattaches (see :meth:`submit`). ``schema`` works there too
+        (answers checked as they are read); a spend cap is applied before submitting (a
+        batch cannot be stopped): the prompts past the estimated cap are not sent and the call
+        ends with ``BudgetExceeded``. ``fallback="live"`` sends the rows still unanswered after
+        the batch rounds (expired, lost) through the normal requests.
 
         >>> df["answer"] = df.minima.generate("prompt")                          # doctest: +SKIP
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
@@ -154,10 +146,10 @@ class MinimaFrameAccessor:
         if via not in ("live", "batch"):
             raise ValueError(f"via={via!r}: use 'live' (the default) or 'batch' (provider batch jobs)")
         if via == "batch":
-            if schema is not None or max_cost is not None or max_tokens_total is not None:
-                raise ValueError("via='batch' does not take schema=, max_cost= or max_tokens_total= yet; "
-                                 "use the live path for those")
-            batch = _submit_batch(job, backend, details=details, force_refresh=force_refresh, prefix=prefix)
+            job.cap = None  # a batch's cap is applied before it is submitted (frames.py), not while it runs
+            batch = _submit_batch(job, backend, details=details, force_refresh=force_refresh, prefix=prefix,
+                                  fallback=fallback, max_cost=max_cost, max_tokens_total=max_tokens_total,
+                                  price=price)
             return batch.wait(progress=progress).result()
         value, warning = job.run(backend, details=details, progress=progress,
                                  force_refresh=force_refresh)
@@ -168,19 +160,24 @@ class MinimaFrameAccessor:
                model: str | None = None, temperature: float | None = None,
                max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                details: bool = False, name: Hashable | None = None, prefix: str | None = None,
-               on_interrupt: str = "wait") -> Any:
+               on_interrupt: str = "wait", schema: Any = None, schema_mode: str = "json",
+               max_cost: float | None = None, price: Mapping[str, float] | None = None,
+               max_tokens_total: int | None = None, fallback: str = "none") -> Any:
         """Submit the uncached rows as provider batch jobs and return a ``BatchJob`` at once.
 
         ``job.status()``, ``job.wait()``, ``job.cancel()``; ``job.result()`` is what
         ``generate(...)`` would have returned. The job's state is on disk (beside the cache):
-        after a restart, running the same cell again reattaches to it.
+        after a restart, running the same cell again reattaches to it. ``schema``,
+        ``max_cost``/``max_tokens_total`` and ``fallback`` as in ``generate(via="batch")``.
 
         >>> job = df.minima.submit("prompt", prefix="run-7")                      # doctest: +SKIP
         >>> df["answer"] = job.wait().result()                                   # doctest: +SKIP
         """
-        job = self._generation(prompt, system, name, _call_params(model, temperature, max_tokens, extra))
+        job = self._generation(prompt, system, name, _call_params(model, temperature, max_tokens, extra),
+                               schema, schema_mode)
         return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
-                                 on_interrupt=on_interrupt)
+                             on_interrupt=on_interrupt, fallback=fallback, max_cost=max_cost,
+                             max_tokens_total=max_tokens_total, price=price)
 
     def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                  model: str | None = None, temperature: float | None = None,

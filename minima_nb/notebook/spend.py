@@ -29,7 +29,7 @@ from typing import Any
 
 from .prompts import Messages
 
-__all__ = ["CHARS_PER_TOKEN", "SpendEstimate", "estimate", "spend_cap"]
+__all__ = ["CHARS_PER_TOKEN", "SpendEstimate", "estimate", "spend_cap", "token_counter"]
 
 CHARS_PER_TOKEN = 4
 MESSAGE_TOKENS, REQUEST_TOKENS = 4, 3
@@ -122,6 +122,11 @@ def _counter(tokenizer: str, model: str) -> tuple[Callable[[str], int], str]:
     if found is not None:
         return found, "tiktoken"
     return (lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)), f"{CHARS_PER_TOKEN} chars/token"
+
+
+def token_counter(tokenizer: str, model: str) -> tuple[Callable[[str], int], str]:
+    """The input-token counter :func:`estimate` uses for ``model``, and its name (for a per-row estimate)."""
+    return _counter(tokenizer, model)
 
 
 def _cached_output_mean(backend: Any, model: str) -> float | None:
