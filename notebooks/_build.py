@@ -362,7 +362,10 @@ def batch_jobs() -> list:
         new_markdown_cell(
             "## Submit now, collect later\n\n`submit` returns a `BatchJob` at once. Its state is in a "
             "SQLite file beside the cache, so after a restart `BatchJob.open(job_id)` (or "
-            "`minima-nb batch wait JOB`) carries on. `result()` is what `generate()` would return."
+            "`minima-nb batch wait JOB`) carries on. `result()` is what `generate()` would return. "
+            "While it waits, `wait()` shows a bar of the rows, the counts (done, failed, expired, time "
+            "waited) and each batch's state (validating, in progress, finalizing); `progress=\"text\"` "
+            "prints the same as lines, as in the first call above."
         ),
         new_code_cell(
             'more = pd.DataFrame({"prompt": [f"Spell the number {n} in French." for n in range(20)]})\n'
@@ -370,7 +373,7 @@ def batch_jobs() -> list:
             "job.status()[\"state\"], job.job_id"
         ),
         new_code_cell(
-            'more["answer"] = job.wait(progress="text").result()\n'
+            'more["answer"] = job.wait().result()  # in a notebook: a bar, the counts and each batch\'s state\n'
             "more.head()"
         ),
         new_markdown_cell(

@@ -169,6 +169,24 @@ def test_notebook_runs_clean_with_full_progress_bars(name, kernel_env, tmp_path)
     assert postfixes and not any("? tok/s" in p for p in postfixes)
 
 
+def test_batch_jobs_widget_shows_each_batch_state_and_the_rows(kernel_env, tmp_path):
+    """05's ``job.wait()`` draws the job's widget: its bar at 100 %, the counts and the batches."""
+    nb = nbformat.read(NOTEBOOK_DIR / "05_batch_jobs.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    wait_cell = next(c for c in nb.cells if "job.wait()" in c.source)
+    assert _has_widget(wait_cell.outputs) and _text(wait_cell.outputs) == ""  # a widget, no lines
+    bars = [m for m in _widget_models(nb, "IntProgressModel") if m.get("description") == "batch job"]
+    assert bars and all(b["value"] == b["max"] == 20 and b["bar_style"] == "success" for b in bars)
+    html = [m["value"] for m in _widget_models(nb, "HTMLModel")]
+    assert any(v.startswith("20/20 prompts done, 0 failed, 0 expired (20 rows) | waited ") for v in html)
+    table = next(v for v in html if v.startswith("<table><tr><th>batch</th>"))
+    assert "<td>ingested</td><td>20/20</td>" in table and "completed</div>" in table
+    lines = _text(next(c for c in nb.cells if 'prefix="colours"' in c.source).outputs)
+    assert "batch job colours-" in lines and "prompts 6/6 done, 0 failed, 0 expired (30 rows) | waited" in lines
+    assert "| completed" in lines.splitlines()[-1]
+
+
 def test_quickstart_shows_typed_answers_the_estimate_and_a_cached_rerun(kernel_env, tmp_path):
     """What a reader of the quickstart sees: typed columns, an estimate, a cached re-run's line."""
     nb = nbformat.read(NOTEBOOK_DIR / "01_quickstart.ipynb", as_version=4)

@@ -67,14 +67,20 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if command == "cancel-all":
             cancel_all_batches(config, args.prefix)
             return 0
-        job = BatchJob.open(args.job, config=config)
-        if command == "status":
-            job.status()
-        elif command == "wait":
-            job.wait(args.timeout)
-        else:
-            job.cancel()
-        _print_job(job.info())
+        from ..engine.backend import OpenAIMinimaLlm
+
+        backend = OpenAIMinimaLlm(config)  # for rows a job sends live (fallback="live")
+        try:
+            job = BatchJob.open(args.job, backend)
+            if command == "status":
+                job.status()
+            elif command == "wait":
+                job.wait(args.timeout)
+            else:
+                job.cancel()
+            _print_job(job.info())
+        finally:
+            backend.close()
         return 0
     except MinimaError as exc:
         fail(str(exc))

@@ -194,7 +194,8 @@ def ingest_chunk(state: BatchState, cache: Any, namespace: str | None, chunk: di
             lot.append((key, namespace, model, messages, params, answer.text,
                         _marked(raw_text, answer.raw, batch_id, custom_id), answer.input_tokens,
                         answer.output_tokens, answer.finish_reason, None, now))
-            if len(lot) >= _PUT_EVERY:
+            if len(lot) >= _PUT_EVERY:  # one lot commits while the next is read: at most two in memory
+                cache.flush(timeout=600)
                 cache.put_many(lot)
                 lot = []
             counts.done += 1

@@ -295,17 +295,11 @@ class BatchJob(Waiting):
         """The rows out of rounds marked ``live``: through the backend's normal requests."""
         if not self.state.items_in(self.job_id, "live"):
             return
-        backend, own = self.backend, self.backend is None
-        if backend is None:
-            from ...engine.backend import OpenAIMinimaLlm
-
-            backend = OpenAIMinimaLlm(self.config)
+        if self.backend is None:
+            raise MinimaError(f"batch job {self.job_id} has rows to send through the live path (fallback='live'), "
+                              f"which needs a backend: BatchJob.open({self.job_id!r}, backend)")
         known = list(zip(self._keys, self._requests, strict=True)) if self._keys and self._requests else []
-        try:
-            await send_live(self.state, self.job_id, backend, known, self.check)
-        finally:
-            if own:
-                await backend.aclose()
+        await send_live(self.state, self.job_id, self.backend, known, self.check)
 
     async def _ingest(self, chunk: dict[str, Any]) -> None:
         paths: list[str | None] = []

@@ -17,6 +17,7 @@ from typing import Any
 from ...engine.progress import make_sink
 from ...errors import MinimaError
 from .results import snapshot
+from .view import job_status, make_view
 
 __all__ = ["Waiting"]
 
@@ -36,23 +37,73 @@ class Waiting:
     def final(self) -> bool:
         raise NotImplementedError
 
-    async def await_done(self, timeout_s: float | None = None, *, progress: Any = "text") -> Any:
-        """Step until the job is final (bounded by ``timeout_s``, default ``max_poll_hours``)."""
+    async def await_done(self, timeout_s: float | None = None, *, progress: Any = True) -> Any:
+        """Step until the job is final (bounded by ``timeout_s``, default ``max_poll_hours``),
+        drawing its progress between steps: ``True`` the widget in a Jupyter kernel and text
+        lines elsewhere, ``"text"``, ``"notebook"``, ``False``, or a view (see :mod:`.view`)."""
+        view, sink = self._views(progress)
+        status = "interrupted"
+        try:
+            await self._steps(view, sink, timeout_s, draw=True)
+            status = "done"
+            return self
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self._say_interrupted()
+            raise
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            (view or sink).close(status)
+
+    def wait(self, timeout_s: float | None = None, *, progress: Any = True) -> Any:
+        """:meth:`await_done` from sync code (Ctrl-C stops waiting, the batches keep running).
+
+        The job is stepped on minima_nb's loop; its progress is drawn, and the interrupt
+        message printed, on this thread, so they land in the cell that waits.
+        """
+        from ...engine.sync import run_sync
+
+        view, sink = self._views(progress)
+        shown = view or sink
+        status = "interrupted"
+        try:
+            run_sync(self._steps(view, sink, timeout_s, draw=False), on_poll=shown.draw)
+            status = "done"
+            return self
+        except KeyboardInterrupt:
+            self._say_interrupted()
+            raise
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            shown.draw()
+            shown.close(status)
+
+    def _views(self, progress: Any) -> tuple[Any, Any]:
+        """(a job view, or None) and (an engine sink for a sink object given as ``progress``)."""
+        view = make_view(progress, self.config.batch.heartbeat_s)
+        sink = None if view is not None else make_sink(progress, label=f"batch {self.job_id}")
+        return view, sink
+
+    async def _steps(self, view: Any, sink: Any, timeout_s: float | None, *, draw: bool) -> None:
         parasail = self.config.parasail
         started = time.monotonic()
         deadline = started + (timeout_s if timeout_s is not None else parasail.max_poll_hours * 3600)
-        sink = make_sink(progress, label=f"batch {self.job_id}", heartbeat_s=self.config.batch.heartbeat_s)
-        delay, status = parasail.poll_interval_s / 8, "interrupted"
+        delay = parasail.poll_interval_s / 8
         try:
             while True:
                 retry_after = await self.astep()
-                sink.update(snapshot(self.state, self.job_id, started))
-                sink.draw()
+                if view is not None:
+                    view.update(job_status(self.state, self.job_id, time.monotonic() - started))
+                else:
+                    sink.update(snapshot(self.state, self.job_id, started))
+                if draw:
+                    (view or sink).draw()
                 if self.final:
-                    status = "done"
-                    return self
+                    return
                 if time.monotonic() > deadline:
-                    status = "error"
                     raise MinimaError(f"batch job {self.job_id} is still running after the wait limit; "
                                       f"resume with {self._resume_hint()}")
                 await asyncio.sleep(max(delay, retry_after or 0.0))
@@ -60,21 +111,15 @@ class Waiting:
         except (KeyboardInterrupt, asyncio.CancelledError):
             if self.on_interrupt == "cancel":
                 await asyncio.shield(self._request_cancel())
-            print(f"\nminima_nb: stopped waiting for batch job {self.job_id}; its batches keep running "
-                  f"{'until cancelled' if self.on_interrupt == 'cancel' else 'remotely'}. Resume with "
-                  f"{self._resume_hint()}; cancel with `minima-nb batch cancel {self.job_id}`.", file=sys.stderr)
             raise
-        finally:
-            sink.close(status)
+
+    def _say_interrupted(self) -> None:
+        print(f"\nminima_nb: stopped waiting for batch job {self.job_id}; its batches keep running "
+              f"{'until cancelled' if self.on_interrupt == 'cancel' else 'remotely'}. Resume with "
+              f"{self._resume_hint()}; cancel with `minima-nb batch cancel {self.job_id}`.", file=sys.stderr)
 
     def _resume_hint(self) -> str:
         return f"BatchJob.open({self.job_id!r}).wait() or `minima-nb batch wait {self.job_id}`"
-
-    def wait(self, timeout_s: float | None = None, *, progress: Any = "text") -> Any:
-        """:meth:`await_done` from sync code (Ctrl-C stops waiting, the batches keep running)."""
-        from ...engine.sync import run_sync
-
-        return run_sync(self.await_done(timeout_s, progress=progress))
 
     async def _request_cancel(self) -> None:
         if self.state.job(self.job_id) and not self.final:
