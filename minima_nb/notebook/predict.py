@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import BatchAborted
 from ..types import MinimaLlmFailure
-from .jobs import _CloseOnCaller, _sink
+from .batchrun import CloseOnCaller, sink_for
 
 __all__ = ["ROW_DETAIL_DTYPES", "RowOutputs", "arun_rows", "outputs_frame", "run_rows"]
 
@@ -61,7 +61,7 @@ def run_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any
     """
     from ..engine.sync import run_sync
 
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    sink = CloseOnCaller(sink_for(backend, progress, label))
     status = "error"
     try:
         results = run_sync(_batch(backend, items, row_fn, sink, label), on_poll=sink.draw)
@@ -82,7 +82,7 @@ async def arun_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progre
     (so every LM call shares its connection pool and limits), the display is drawn here."""
     from ..engine.loop import background_loop, in_background_loop
 
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    sink = CloseOnCaller(sink_for(backend, progress, label))
     status = "error"
     coro = _batch(backend, items, row_fn, sink, label)
     future: asyncio.Future[list[Any]] | None = None

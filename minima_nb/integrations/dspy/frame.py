@@ -25,7 +25,7 @@ import pandas as pd
 from ...controls import reset_retry_seed, set_retry_seed
 from ...errors import BatchAborted
 from ...notebook import session
-from ...notebook.jobs import _arun, _run
+from ...notebook.batchrun import arun_batch, run_batch
 from ...notebook.predict import RowOutputs, arun_rows, outputs_frame, run_rows
 from ...types import MinimaLlmFailure, MinimaLlmResponse
 from .direct import DirectPlan, direct_plan
@@ -179,7 +179,7 @@ class PredictJob:
         for attempt in range(self._max_attempts()):
             token = set_retry_seed(attempt) if attempt else None  # read by the batch's tasks
             try:
-                answers = _run(self.backend, [requests[k] for k in waiting], progress=progress,
+                answers = run_batch(self.backend, [requests[k] for k in waiting], progress=progress,
                                force_refresh=self.force_refresh or attempt > 0, label=_label(attempt),
                                cached_rows=0)
             finally:
@@ -196,7 +196,7 @@ class PredictJob:
         for attempt in range(self._max_attempts()):
             token = set_retry_seed(attempt) if attempt else None
             try:
-                answers = await _arun(self.backend, [requests[k] for k in waiting], progress=progress,
+                answers = await arun_batch(self.backend, [requests[k] for k in waiting], progress=progress,
                                       force_refresh=self.force_refresh or attempt > 0,
                                       label=_label(attempt), cached_rows=0)
             finally:
