@@ -35,6 +35,11 @@ def _schema(schema: Any, mode: str) -> AnswerSchema | None:
     return None if schema is None else AnswerSchema(schema, mode)
 
 
+def _is_grid(value: Any) -> bool:
+    """Whether an estimate() argument is a list of values (a sweep's grid), not one value."""
+    return isinstance(value, (list, tuple, range)) or hasattr(value, "__array__")
+
+
 def _warn(message: str | None) -> None:
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)  # points at the user's call
@@ -182,28 +187,58 @@ class MinimaFrameAccessor:
         return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
                                  on_interrupt=on_interrupt)
 
-    def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
-                 model: str | None = None, temperature: float | None = None,
-                 max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
-                 schema: Any = None, schema_mode: str = "json",
-                 price: Mapping[str, float] | None = None,
-                 tokenizer: str = "auto") -> SpendEstimate:
-        """What :meth:`generate` with these arguments would send and cost; sends nothing.
+    def estimate(self, prompt: Any, *, backend: Any = None, system: str | None = None,
+                 model: Any = None, temperature: Any = None, max_tokens: Any = None,
+                 extra: Mapping[str, Any] | None = None, schema: Any = None,
+                 schema_mode: str = "json", price: Mapping[str, float] | None = None,
+                 tokenizer: str = "auto", inputs: Mapping[str, str] | None = None,
+                 **grid: Any) -> SpendEstimate:
+        """What a call with these arguments would send and cost; sends nothing.
 
-        Rows, distinct prompts, how many are already cached (read from the cache), how many
+        Give it the arguments of the call you mean to make: ``generate``'s, or a sweep's grid
+        (a list for ``model``/``temperature``/``max_tokens``, or any other grid key, as in
+        :meth:`sweep`), or a DSPy program (and ``inputs=``) for :meth:`predict`, whose prompts
+        DSPy formats here exactly as it would send them (``dspy.Predict`` and
+        ``dspy.ChainOfThought`` only: other modules' calls are known only by running them).
+
+        Rows, distinct requests, how many are already cached (read from the cache), how many
         would be sent, their input tokens (tiktoken when installed with its encoding on disk,
-        else 4 characters per token), the expected output tokens (the mean of this model's
+        else 4 characters per token), the expected output tokens (the mean of each model's
         cached answers, and ``max_tokens`` as the ceiling) and, with ``price={"input": 0.15,
         "output": 0.60}`` (per million tokens), the cost range.
 
         >>> print(df.minima.estimate("prompt", max_tokens=200, price={"input": 0.15, "output": 0.6}))  # doctest: +SKIP
+        >>> df.minima.estimate("prompt", model=["a", "b"], temperature=[0, 0.7])  # a sweep  # doctest: +SKIP
         """
-        job = self._generation(prompt, system, None,
-                               _call_params(model, temperature, max_tokens, extra), schema,
-                               schema_mode)
         backend = session.get_backend() if backend is None else backend
+        if not isinstance(prompt, str) and callable(getattr(prompt, "acall", None)):
+            from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+            if grid or any(v is not None for v in (system, model, temperature, max_tokens, extra, schema)):
+                raise TypeError("estimate(program) takes predict()'s arguments (inputs=, price=, "
+                                "tokenizer=): the program's signature and LM settings make its prompts")
+            return PredictJob(self._obj, program=prompt, inputs=inputs, backend=backend,
+                              force_refresh=False).estimate(price, tokenizer)
+        if inputs is not None:
+            raise TypeError("inputs= names a DSPy program's input columns: pass the program itself")
+        job: Generation | Sweep
+        if grid or any(_is_grid(v) for v in (model, temperature, max_tokens)):
+            named = {"model": model, "temperature": temperature, "max_tokens": max_tokens}
+            grid = {**dict(extra or {}), **{k: v for k, v in named.items() if v is not None}, **grid}
+            job = self._sweep(prompt, system, backend, grid, schema, schema_mode)
+        else:
+            job = self._generation(prompt, system, None,
+                                   _call_params(model, temperature, max_tokens, extra), schema,
+                                   schema_mode)
         hits = job.lookup(backend, False, text_only=True)
-        return estimate(backend, job.slots, hits, job.params, price, tokenizer)
+        return estimate(backend, job.spend_groups(hits), price, tokenizer)
+
+    def _sweep(self, prompt: str, system: str | None, backend: Any, grid: dict[str, Any],
+               schema: Any, schema_mode: str) -> Sweep:
+        with collection_paused():
+            row_slots, _ = frame_slots(self._obj, prompt, system)
+        model = getattr(getattr(backend, "config", None), "model", None)
+        return Sweep(self._obj, row_slots, grid, model, _schema(schema, schema_mode))
 
     async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                         model: str | None = None, temperature: float | None = None,
@@ -262,7 +297,9 @@ class MinimaFrameAccessor:
 
     def sweep(self, prompt: str, *, backend: Any = None, system: str | None = None,
               progress: Any = True, force_refresh: bool = False, schema: Any = None,
-              schema_mode: str = "json", **grid: Any) -> pd.DataFrame:
+              schema_mode: str = "json", max_cost: float | None = None,
+              price: Mapping[str, float] | None = None, max_tokens_total: int | None = None,
+              preview: bool = True, **grid: Any) -> pd.DataFrame:
         """Answer every row under every combination of the ``grid``; one long DataFrame.
 
         Grid keys ``model``, ``temperature`` and ``max_tokens`` set those request fields; any
@@ -272,14 +309,19 @@ class MinimaFrameAccessor:
         backend's when not swept), the other grid keys, the typed columns of ``schema`` (as in
         :meth:`generate`) when given, then the ``details=True`` columns.
 
+        ``max_cost``/``price``/``max_tokens_total`` cap the whole sweep's spend as in
+        :meth:`generate` (``BudgetExceeded``; ``exc.partial`` is this long frame with every
+        answered pair, all cached); ``df.minima.estimate`` with the same grid says what it
+        would cost first. ``preview=False`` hides the last answers under the notebook bar.
+
         >>> runs = df.minima.sweep("prompt", model=["a", "b"], temperature=[0, 0.7])  # doctest: +SKIP
         >>> runs.pivot_table(index="row", columns=["model", "temperature"],
         ...                  values="text", aggfunc="first")                    # doctest: +SKIP
         """
         backend = session.get_backend() if backend is None else backend
-        row_slots, _ = frame_slots(self._obj, prompt, system)
-        model = getattr(getattr(backend, "config", None), "model", None)
-        job = Sweep(self._obj, row_slots, grid, model, _schema(schema, schema_mode))
+        job = self._sweep(prompt, system, backend, grid, schema, schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         value, _ = job.run(backend, details=True, progress=progress, force_refresh=force_refresh)
         return value
 

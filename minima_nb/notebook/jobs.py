@@ -156,8 +156,12 @@ class _Job:
             cap = self.cap
             note = None if cap is None else (
                 lambda snapshot: cap.spent(snapshot.input_tokens, snapshot.output_tokens))
-            configure(preview=self.preview, prompt_of=prompt_resolver(self.slots), note=note)
+            configure(preview=self.preview, prompt_of=self.preview_prompt(), note=note)
         return sink
+
+    def preview_prompt(self) -> Callable[[str], str]:
+        """``request_id`` -> the prompt the preview shows for it."""
+        return prompt_resolver(self.slots)
 
     def __init__(
         self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
@@ -184,6 +188,10 @@ class _Job:
     def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
         """Per slot, its cached row (or text) when answered without sending, else None."""
         return [None] * len(self.slots)
+
+    def spend_groups(self, hits: list[Any]) -> list[tuple[list[Any], list[Any], dict[str, Any]]]:
+        """The slots as groups sharing their request fields, for the estimate: (slots, hits, fields)."""
+        return [(self.slots, hits, self.params_of(0))]
 
     def _requests(self, positions: Sequence[int]) -> list[MinimaLlmRequest]:
         """A request per position; ``positions`` name only slots with messages (``_prepare``)."""

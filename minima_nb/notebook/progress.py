@@ -69,9 +69,10 @@ class NotebookSink(SnapshotSink):
         self.note: Any = None
         self._final = False
 
-    def configure(self, *, preview: bool = True, prompt_of: Any = None, note: Any = None) -> None:
+    def configure(self, *, preview: bool = True, prompt_of: Any = None, note: Any = None,
+                  answer_of: Any = None) -> None:
         """Set up the preview (off with ``preview=False``) and a note; before the first draw."""
-        self.preview = Preview(prompt_of, clock=self._clock) if preview else None
+        self.preview = Preview(prompt_of, answer_of=answer_of, clock=self._clock) if preview else None
         self.note = note
 
     @property
