@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
@@ -53,6 +53,14 @@ class SpendCap:
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """The cost of that many tokens at this cap's prices."""
         return (input_tokens * self.price_in + output_tokens * self.price_out) / PER_MILLION
+
+    def less(self, input_tokens: int, output_tokens: int) -> SpendCap:
+        """This cap with that usage already spent (a later round of the same call)."""
+        return replace(
+            self,
+            max_cost=None if self.max_cost is None else self.max_cost - self.cost(input_tokens, output_tokens),
+            max_tokens_total=None if self.max_tokens_total is None else
+            self.max_tokens_total - input_tokens - output_tokens)
 
     def spent(self, input_tokens: int, output_tokens: int) -> str:
         """Spend so far against the cap, for the progress display."""

@@ -262,38 +262,61 @@ class MinimaFrameAccessor:
         return value
 
     def predict(self, program: Any, *, inputs: Mapping[str, str] | None = None, details: bool = False,
-                progress: Any = True, backend: Any = None, force_refresh: bool = False) -> pd.DataFrame:
+                progress: Any = True, backend: Any = None, force_refresh: bool = False,
+                max_cost: float | None = None, price: Mapping[str, float] | None = None,
+                max_tokens_total: int | None = None, preview: bool = True,
+                schema: Any = None) -> pd.DataFrame:
         """Run a DSPy program on every row; a DataFrame with one column per output field.
 
         ``program`` is any DSPy module (``dspy.Predict(Sig)``, ``dspy.ChainOfThought(Sig)``, your
         own). Its input fields come from the same-named columns, or ``inputs={"field": "column"}``.
-        All rows run as one batch on the engine, with the progress display of :meth:`generate`.
-        A row that fails is ``<NA>`` (one warning counts them); ``details=True`` adds ``cached``,
-        ``error``, ``attempts``, ``input_tokens`` and ``output_tokens``. Every LM call is cached,
-        so running the same call again sends nothing. Needs ``pip install 'minima-nb[dspy]'``.
+        All rows run as one batch on the engine, with the progress display of :meth:`generate`
+        (its preview shows each row's input and output fields). A row that fails is ``<NA>``
+        (one warning counts them); ``details=True`` adds ``cached``, ``error``, ``attempts``,
+        ``input_tokens`` and ``output_tokens``. Every LM call is cached, so running the same call
+        again sends nothing. ``max_cost``/``price``/``max_tokens_total`` cap the spend as in
+        :meth:`generate` (``BudgetExceeded`` with ``exc.partial``); ``df.minima.estimate(program)``
+        says what it would cost first. The signature types the outputs, so there is no
+        ``schema=``. Needs ``pip install 'minima-nb[dspy]'``.
 
         >>> out = df.minima.predict(dspy.ChainOfThought("question -> answer"))  # doctest: +SKIP
         """
-        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
-
-        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job = self._predict_job(program, inputs, backend, force_refresh, schema, max_cost, price,
+                                max_tokens_total, preview)
         value, warning = job.run(details=details, progress=progress)
         _warn(warning)
         return value
 
     async def apredict(self, program: Any, *, inputs: Mapping[str, str] | None = None,
                        details: bool = False, progress: Any = True, backend: Any = None,
-                       force_refresh: bool = False) -> pd.DataFrame:
+                       force_refresh: bool = False, max_cost: float | None = None,
+                       price: Mapping[str, float] | None = None,
+                       max_tokens_total: int | None = None, preview: bool = True,
+                       schema: Any = None) -> pd.DataFrame:
         """:meth:`predict`, awaitable: ``out = await df.minima.apredict(program)``.
 
         >>> out = await df.minima.apredict(dspy.Predict("question -> answer"))  # doctest: +SKIP
         """
-        from ..integrations.dspy.frame import PredictJob
-
-        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job = self._predict_job(program, inputs, backend, force_refresh, schema, max_cost, price,
+                                max_tokens_total, preview)
         value, warning = await job.arun(details=details, progress=progress)
         _warn(warning)
         return value
+
+    def _predict_job(self, program: Any, inputs: Mapping[str, str] | None, backend: Any,
+                     force_refresh: bool, schema: Any, max_cost: float | None,
+                     price: Mapping[str, float] | None, max_tokens_total: int | None,
+                     preview: bool) -> Any:
+        if schema is not None:
+            raise TypeError("predict() takes no schema=: the DSPy signature types the outputs "
+                            "(declare them, e.g. `score: float = dspy.OutputField()`). For typed "
+                            "answers to a plain prompt use df.minima.generate(prompt, schema=...)")
+        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job.limit(max_cost, max_tokens_total, price)
+        job.preview = preview
+        return job
 
     def sweep(self, prompt: str, *, backend: Any = None, system: str | None = None,
               progress: Any = True, force_refresh: bool = False, schema: Any = None,

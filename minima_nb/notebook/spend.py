@@ -232,13 +232,19 @@ def attach_cap(job: Any, backend: Any, max_cost: float | None, max_tokens_total:
 
 
 def spend_cap(
-    guess: SpendEstimate, max_cost: float | None, max_tokens_total: int | None,
+    guess: SpendEstimate | None, max_cost: float | None, max_tokens_total: int | None,
     price: Mapping[str, float] | None,
 ) -> Any:
-    """The engine's spend cap for a call, its first per-request guess taken from ``guess``."""
+    """The engine's spend cap for a call, its first per-request guess taken from ``guess``.
+
+    Without a guess (a program whose prompts are known only by running it) the first wave of
+    rows is taken before the cap knows a row's usage; from the first answer on it does."""
     from ..engine.budget import SpendCap, prices
 
     p_in, p_out = prices(price) if max_cost is not None or price is not None else (0.0, 0.0)
+    if guess is None:
+        return SpendCap(max_cost=max_cost, max_tokens_total=max_tokens_total, price_in=p_in,
+                        price_out=p_out)
     sending = max(guess.to_send, 1)
     per_out = (guess.output_tokens_max if guess.output_tokens_max is not None
                else guess.output_tokens or 0) / sending
