@@ -210,7 +210,6 @@ class MinimaFrameAccessor:
         >>> print(df.minima.estimate("prompt", max_tokens=200, price={"input": 0.15, "output": 0.6}))  # doctest: +SKIP
         >>> df.minima.estimate("prompt", model=["a", "b"], temperature=[0, 0.7])  # a sweep  # doctest: +SKIP
         """
-        backend = session.get_backend() if backend is None else backend
         if not isinstance(prompt, str) and callable(getattr(prompt, "acall", None)):
             from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
 
@@ -221,6 +220,7 @@ class MinimaFrameAccessor:
                               force_refresh=False).estimate(price, tokenizer)
         if inputs is not None:
             raise TypeError("inputs= names a DSPy program's input columns: pass the program itself")
+        backend = session.get_backend() if backend is None else backend
         job: Generation | Sweep
         if grid or any(_is_grid(v) for v in (model, temperature, max_tokens)):
             named = {"model": model, "temperature": temperature, "max_tokens": max_tokens}

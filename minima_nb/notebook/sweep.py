@@ -57,7 +57,9 @@ class Sweep(_Job):
         if clash:
             raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
         self.keys = list(grid)
-        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
+        options = [_grid_options(k, v) for k, v in grid.items()]
+        self.combos = list(itertools.product(*options))
+        self.varied = [k for k, values in zip(self.keys, options, strict=True) if len(values) > 1]
         self.configured_model = model
         self.rows = frame.index.repeat(len(self.combos))
         width = len(self.combos)
@@ -92,7 +94,8 @@ class Sweep(_Job):
         return [(self.slots[c::width], hits[c::width], self.params_of(c)) for c in range(width)]
 
     def preview_prompt(self) -> Callable[[str], str]:
-        # A sweep's preview says which combination answered: "[model=a temperature=0] prompt".
+        # A sweep's preview says which combination answered: "[model=a temperature=0] prompt"
+        # (the swept keys only: a key with one value is the same on every line).
         prompt_of = super().preview_prompt()
 
         def with_combo(request_id: str) -> str:
@@ -100,7 +103,7 @@ class Sweep(_Job):
                 combo = self._combo(int(str(request_id).rsplit("-", 1)[-1]))
             except ValueError:
                 return prompt_of(request_id)
-            grid = " ".join(f"{k}={v}" for k, v in combo.items())
+            grid = " ".join(f"{k}={combo[k]}" for k in self.varied)
             return f"[{grid}] {prompt_of(request_id)}" if grid else prompt_of(request_id)
 
         return with_combo
