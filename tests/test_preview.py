@@ -159,3 +159,17 @@ def test_a_cached_rerun_ends_with_zero_requests_and_its_rows_per_second(srv, tmp
     assert "tok/s" not in final and "req/min" not in final
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("minima: done 50/50 in ") and " rows/s (50 cached, 0 failed, 0 sent" in line
+
+
+def test_a_typed_call_previews_its_fields_not_the_raw_json(srv, tmp_path):
+    backend = make_backend(srv, tmp_path / "cache")
+    schema = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "integer"}},
+              "required": ["label", "score"]}
+    try:
+        sink = NotebookSink(tqdm_cls=notebook_tqdm)
+        pd.DataFrame({"prompt": ["grade a", "grade b"]}).minima.generate(
+            "prompt", backend=backend, progress=sink, schema=schema)
+    finally:
+        close_backend(backend)
+    value = sink.preview.widget.value
+    assert "✓ grade a → label: " in value and " · score: " in value and "{" not in value

@@ -23,7 +23,7 @@ from ..errors import BatchAborted
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 from . import session
 from .batchrun import arun_batch, run_batch
-from .preview import prompt_resolver
+from .preview import prompt_resolver, typed_answer
 from .prompts import Messages
 from .schema import AnswerSchema
 from .typed import typed_result
@@ -156,7 +156,9 @@ class _Job:
             cap = self.cap
             note = None if cap is None else (
                 lambda snapshot: cap.spent(snapshot.input_tokens, snapshot.output_tokens))
-            configure(preview=self.preview, prompt_of=self.preview_prompt(), note=note)
+            answer_of = None if self.schema is None else typed_answer(self.schema.parse)
+            configure(preview=self.preview, prompt_of=self.preview_prompt(), note=note,
+                      answer_of=answer_of)
         return sink
 
     def preview_prompt(self) -> Callable[[str], str]:

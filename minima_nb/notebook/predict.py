@@ -24,8 +24,9 @@ import pandas as pd
 from ..errors import BatchAborted
 from ..types import MinimaLlmFailure
 from .batchrun import CloseOnCaller, sink_for
+from .preview import fields_line
 
-__all__ = ["ROW_DETAIL_DTYPES", "RowOutputs", "arun_rows", "fields_line", "outputs_frame", "run_rows"]
+__all__ = ["ROW_DETAIL_DTYPES", "RowOutputs", "arun_rows", "outputs_frame", "run_rows"]
 
 #: Columns ``details=True`` adds, with their nullable dtypes.
 ROW_DETAIL_DTYPES: dict[str, str] = {
@@ -53,13 +54,6 @@ class RowOutputs(dict[str, Any]):
     def text(self) -> str:
         """The output values on one line, for the preview."""
         return fields_line(self)
-
-
-def fields_line(values: Mapping[str, Any]) -> str:
-    """``"verdict: correct · score: 4.0"``: fields on one line, a ``reasoning`` field last
-    (it is long, and the short fields are what a reader checks first)."""
-    names = sorted(values, key=lambda name: name == "reasoning")
-    return " · ".join(f"{name}: {values[name]}" for name in names)
 
 
 Guard = Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..engine.progress import Clock
@@ -29,6 +29,24 @@ def one_line(text: str, limit: int = LINE_CHARS) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def fields_line(values: Mapping[str, Any]) -> str:
+    """``"verdict: correct · score: 4.0"``: fields on one line, a ``reasoning`` field last
+    (it is long, and the short fields are what a reader checks first)."""
+    names = sorted(values, key=lambda name: name == "reasoning")
+    return " · ".join(f"{name}: {values[name]}" for name in names)
+
+
+def typed_answer(parse: Callable[[str], Mapping[str, Any]]) -> Callable[[str, str], str]:
+    """The preview's answer for ``schema=``: the fields on one line (the raw text if invalid)."""
+    def answer_of(request_id: str, text: str) -> str:
+        try:
+            return fields_line(parse(text))
+        except ValueError:  # an invalid answer is shown as it came; it is asked again
+            return text
+
+    return answer_of
 
 
 class Preview:

@@ -27,7 +27,8 @@ from ...controls import reset_retry_seed, set_retry_seed
 from ...errors import BatchAborted
 from ...notebook import session
 from ...notebook.batchrun import arun_batch, run_batch
-from ...notebook.predict import RowOutputs, arun_rows, fields_line, outputs_frame, run_rows
+from ...notebook.predict import RowOutputs, arun_rows, outputs_frame, run_rows
+from ...notebook.preview import fields_line
 from ...notebook.spend import SpendEstimate, estimate, spend_cap
 from ...types import MinimaLlmFailure, MinimaLlmResponse
 from .direct import DirectPlan, direct_plan
