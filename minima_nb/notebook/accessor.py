@@ -23,21 +23,12 @@ import pandas as pd
 
 from . import session
 from .jobs import DETAIL_DTYPES, MISSING_PROMPT, Generation, collection_paused
+from .options import SPEND_OPTIONS, answer_schema, call_params, is_grid, split_options
 from .prompts import check_system, column_slots, frame_slots
-from .schema import AnswerSchema
 from .spend import SpendEstimate, attach_cap, estimate
 from .sweep import Sweep
 
 __all__ = ["DETAIL_DTYPES", "MISSING_PROMPT", "MinimaFrameAccessor", "MinimaSeriesAccessor"]
-
-
-def _schema(schema: Any, mode: str) -> AnswerSchema | None:
-    return None if schema is None else AnswerSchema(schema, mode)
-
-
-def _is_grid(value: Any) -> bool:
-    """Whether an estimate() argument is a list of values (a sweep's grid), not one value."""
-    return isinstance(value, (list, tuple, range)) or hasattr(value, "__array__")
 
 
 def _warn(message: str | None) -> None:
@@ -75,15 +66,6 @@ def _submit_batch(job: Generation, backend: Any, *, details: bool, force_refresh
 # -- the accessors ----------------------------------------------------------------------------
 
 
-def _call_params(
-    model: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    return {"model": model, "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
-
-
 @pd.api.extensions.register_dataframe_accessor("minima")
 class MinimaFrameAccessor:
     """``df.minima``: run a column of prompts (or a template over the rows) through an LLM.
@@ -102,7 +84,7 @@ class MinimaFrameAccessor:
         with collection_paused():
             slots, default_name = frame_slots(self._obj, prompt, system)
         return Generation(slots, self._obj.index, default_name if name is None else name, params,
-                          _schema(schema, schema_mode))
+                          answer_schema(schema, schema_mode))
 
     def generate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                  model: str | None = None, temperature: float | None = None,
@@ -152,7 +134,7 @@ class MinimaFrameAccessor:
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra), schema,
+                               call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
         attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
         job.preview = preview
@@ -183,7 +165,7 @@ class MinimaFrameAccessor:
         >>> job = df.minima.submit("prompt", prefix="run-7")                      # doctest: +SKIP
         >>> df["answer"] = job.wait().result()                                   # doctest: +SKIP
         """
-        job = self._generation(prompt, system, name, _call_params(model, temperature, max_tokens, extra))
+        job = self._generation(prompt, system, name, call_params(model, temperature, max_tokens, extra))
         return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
                                  on_interrupt=on_interrupt)
 
@@ -222,13 +204,13 @@ class MinimaFrameAccessor:
             raise TypeError("inputs= names a DSPy program's input columns: pass the program itself")
         backend = session.get_backend() if backend is None else backend
         job: Generation | Sweep
-        if grid or any(_is_grid(v) for v in (model, temperature, max_tokens)):
+        if grid or any(is_grid(v) for v in (model, temperature, max_tokens)):
             named = {"model": model, "temperature": temperature, "max_tokens": max_tokens}
             grid = {**dict(extra or {}), **{k: v for k, v in named.items() if v is not None}, **grid}
             job = self._sweep(prompt, system, backend, grid, schema, schema_mode)
         else:
             job = self._generation(prompt, system, None,
-                                   _call_params(model, temperature, max_tokens, extra), schema,
+                                   call_params(model, temperature, max_tokens, extra), schema,
                                    schema_mode)
         hits = job.lookup(backend, False, text_only=True)
         return estimate(backend, job.spend_groups(hits), price, tokenizer)
@@ -238,24 +220,30 @@ class MinimaFrameAccessor:
         with collection_paused():
             row_slots, _ = frame_slots(self._obj, prompt, system)
         model = getattr(getattr(backend, "config", None), "model", None)
-        return Sweep(self._obj, row_slots, grid, model, _schema(schema, schema_mode))
+        return Sweep(self._obj, row_slots, grid, model, answer_schema(schema, schema_mode))
 
     async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                         model: str | None = None, temperature: float | None = None,
                         max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                         details: bool = False, progress: Any = True,
                         force_refresh: bool = False, name: Hashable | None = None,
-                        schema: Any = None, schema_mode: str = "json") -> pd.Series | pd.DataFrame:
+                        schema: Any = None, schema_mode: str = "json",
+                        max_cost: float | None = None, price: Mapping[str, float] | None = None,
+                        max_tokens_total: int | None = None,
+                        preview: bool = True) -> pd.Series | pd.DataFrame:
         """:meth:`generate` on the caller's event loop: ``out = await df.minima.agenerate("prompt")``.
 
-        Same arguments and results. In a notebook prefer the sync :meth:`generate`: a cell that
-        awaits cannot be interrupted until the work ends (ipykernel issue 881).
+        Same arguments and results (live requests only). In a notebook prefer the sync
+        :meth:`generate`: a cell that awaits cannot be interrupted until the work ends
+        (ipykernel issue 881).
 
         >>> answers = await df.minima.agenerate("prompt", progress=False)        # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra), schema,
+                               call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         value, warning = await job.arun(backend, details=details, progress=progress,
                                         force_refresh=force_refresh)
         _warn(warning)
@@ -360,15 +348,19 @@ class MinimaSeriesAccessor:
         self._obj = pandas_obj
 
     def _generation(self, options: dict[str, Any]) -> tuple[Generation, dict[str, Any]]:
-        params, run_options = _split_options(options)
+        params, run_options = split_options(options)
         system, name = check_system(params.pop("system")), params.pop("name")
-        schema = _schema(params.pop("schema"), params.pop("schema_mode"))
+        schema = answer_schema(params.pop("schema"), params.pop("schema_mode"))
+        spend = {key: params.pop(key) for key in SPEND_OPTIONS}
         series = self._obj
         column = "<series>" if series.name is None else series.name
         with collection_paused():
             slots = column_slots(series.tolist(), series.index, column, system)
-        return Generation(slots, series.index, series.name if name is None else name,
-                           params, schema), run_options
+        job = Generation(slots, series.index, series.name if name is None else name, params, schema)
+        attach_cap(job, run_options["backend"], spend["max_cost"], spend["max_tokens_total"],
+                   spend["price"], run_options["force_refresh"])
+        job.preview = spend["preview"]
+        return job, run_options
 
     def generate(self, **options: Any) -> pd.Series | pd.DataFrame:
         """Answer each value (a string or a chat message list); see ``DataFrame.minima.generate``.
@@ -389,17 +381,3 @@ class MinimaSeriesAccessor:
         value, warning = await job.arun(**run_options)
         _warn(warning)
         return value
-
-
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(request and naming options, run options) from ``generate``'s keyword arguments."""
-    run = {"backend": None, "details": False, "progress": True, "force_refresh": False}
-    params = {"system": None, "name": None, "schema": None, "schema_mode": "json",
-              **_call_params(None, None, None, None)}
-    unknown = sorted(set(options) - set(run) - set(params))
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}; "
-                        f"known: {sorted({*run, *params})}")
-    for key, value in options.items():
-        (run if key in run else params)[key] = value
-    return params, run
