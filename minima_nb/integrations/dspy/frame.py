@@ -86,7 +86,8 @@ class PredictJob:
 
     cap: Any = None  # the engine's SpendCap when predict(max_cost=/max_tokens_total=) set one
     preview = True  # the live preview under the notebook bar
-    _direct: tuple[DirectPlan, list[Any]] | None | bool = False  # False: not planned yet
+    _planned = False  # the direct route is planned once: the rows' messages are formatted once
+    _direct: tuple[DirectPlan, list[Any]] | None = None
     _ran: list[Any] | None = None  # the direct route's results so far (for exc.partial)
 
     def __init__(self, frame: pd.DataFrame, program: Any, inputs: Mapping[str, str] | None,
@@ -154,11 +155,12 @@ class PredictJob:
     # -- the direct route (direct.py): one run_batched, then parse; parse failures sent again --
 
     def _direct_requests(self) -> tuple[DirectPlan, list[Any]] | None:
-        if self._direct is not False:  # planned once: the rows' messages are formatted once
-            return self._direct  # type: ignore[return-value]
-        plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
-        requests = [] if plan is None or not self.todo else [plan.request(p, self.rows[p]) for p in self.todo]
-        self._direct = None if plan is None or not requests or any(r is None for r in requests) else (plan, requests)
+        if not self._planned:
+            self._planned = True
+            plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
+            requests = [] if plan is None else [plan.request(p, self.rows[p]) for p in self.todo]
+            if plan is not None and requests and all(r is not None for r in requests):
+                self._direct = (plan, requests)
         return self._direct
 
     # -- spend: the estimate (DSPy's own formatting, nothing sent) and the cap -----------------
