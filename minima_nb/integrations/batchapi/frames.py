@@ -68,7 +68,7 @@ def _within_cap(job: Any, backend: Any, positions: list[int], max_cost: float | 
     from ...notebook.spend import estimate, prompt_tokens, token_counter
 
     hits = job.lookup(backend, False, text_only=True)
-    guess = estimate(backend, job.slots, hits, job.params, price if max_cost is not None else None)
+    guess = estimate(backend, job.spend_groups(hits), price if max_cost is not None else None)
     per_out = (job.params.get("max_tokens") if job.params.get("max_tokens") is not None
                else None if guess.output_tokens is None else guess.output_tokens / max(guess.to_send, 1))
     if per_out is None:
