@@ -202,6 +202,8 @@ class OpenAIMinimaLlm(CacheSide, PredecessorSpellings):
     async def _call(
         self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool, include_raw: bool
     ) -> MinimaLlmResult:
+        if self._batch_collector is not None:  # inside batch_mode(): a cache miss is collected, not sent
+            return self._batch_collector.collect(request, model, key)
         body = self._payload(request, model, key, refresh)
         token_estimate = len(body) // CHARS_PER_TOKEN + (request.max_tokens or 0)
         try:

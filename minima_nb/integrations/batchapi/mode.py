@@ -4,8 +4,8 @@ Inside ``async with backend.batch_mode("run-7"):`` every request the cache canno
 collected instead of sent, and ``generate()`` (or ``run_batched``) returns a
 :class:`~minima_nb.types.BatchPendingResponse` for it. On leaving the block the collected
 requests are submitted as a :class:`~.job.BatchJob` and waited for; afterwards the same calls
-are answered from the cache. The backend has no batch code: inside the block its sending
-step is shadowed on the instance (see below); the flow lives here. Leaving the block with an exception submits nothing.
+are answered from the cache. The backend's sending step only hands a miss to the collector
+while one is set; the flow lives here. Leaving the block with an exception submits nothing.
 """
 
 from __future__ import annotations
@@ -61,19 +61,12 @@ async def batch_mode(backend: Any, prefix: str | None = None, *, progress: Any =
         raise RuntimeError("batch_mode is already active on this backend; blocks do not nest")
     collector = BatchCollector(prefix or backend.config.parasail.effective_prefix or "minima")
 
-    async def collect(request: MinimaLlmRequest, model: str, key: str | None, refresh: bool,
-                      include_raw: bool) -> BatchPendingResponse:
-        return collector.collect(request, model, key)
-
-    # The backend's one sending step (``_call``, behind generate and run_batched, after the
-    # cache lookup) is shadowed on this instance while collecting, so the backend itself needs
-    # no batch code; deleting the attribute restores the class's method.
+    # The backend's one sending step (behind generate and run_batched, after the cache lookup)
+    # hands a miss to the collector while one is set: the flow itself lives here.
     backend._batch_collector = collector
-    backend._call = collect
     try:
         yield collector
     finally:
-        del backend._call
         backend._batch_collector = None
     if collector.has_pending():
         print(f"minima_nb: submitting {collector.pending_count:,} requests as provider batches "
