@@ -134,3 +134,24 @@ def test_ingest_stores_each_answer_with_its_request_in_one_lot(tmp_path: Path) -
         rows[0][2]: ("done", 200, None, None), rows[1][2]: ("done", 200, None, None),
         rows[2][2]: ("requeue", None, "BatchLineMissing", "in neither the output nor the error file")}
     cache.close()
+
+
+def test_the_cache_commits_a_lot_in_order_with_single_puts(tmp_path: Path) -> None:
+    import pytest
+
+    from minima_nb.cache import CacheRow
+    from minima_nb.errors import CacheError
+
+    cache = PromptCache(tmp_path / "cache")
+    cache.put(CacheRow("k1", None, "m", [{"role": "user", "content": "a"}], {}, "first"))
+    lot = [("k1", None, "m", '[{"role": "user", "content": "a"}]', "{}", "second", None, 1, 2, "stop", None, 1.0),
+           ("k2", None, "m", '[{"role": "user", "content": "b"}]', "{}", "other", '{"id": "x"}', 3, 4, None, None, 1.0)]
+    cache.put_many(lot)
+    cache.put(CacheRow("k2", None, "m", [{"role": "user", "content": "b"}], {}, "third"))
+    cache.flush()
+    assert {k: v.text for k, v in cache.get_many(["k1", "k2"]).items()} == {"k1": "second", "k2": "third"}
+    with pytest.raises(ValueError, match="only string answers"):
+        cache.put_many([("k3", None, "m", "[]", "{}", None, None, None, None, None, None, 1.0)])
+    cache.close()
+    with pytest.raises(CacheError, match="closed"):
+        cache.put_many(lot)
