@@ -98,11 +98,10 @@ def _within_cap(job: Any, backend: Any, positions: list[int], max_cost: float | 
     kept = [p for p in positions if hits[p] is not None or fits[json.dumps(job.slots[p], sort_keys=True,
                                                                            ensure_ascii=False, default=str)]]
     cap = " and ".join(part for part in (
-        None if max_cost is None else f"max_cost=${max_cost:,.4f}",
+        None if max_cost is None else f"max_cost={_money(max_cost)}",
         None if max_tokens_total is None else f"max_tokens_total={max_tokens_total:,}") if part)
     money = "" if guess.cost_high is None and guess.cost_low is None else (
-        f", estimated ${guess.cost_low or 0:,.4f} to "
-        f"{'?' if guess.cost_high is None else f'${guess.cost_high:,.4f}'}")
+        f", estimated {_money(guess.cost_low or 0)} to {'?' if guess.cost_high is None else _money(guess.cost_high)}")
     head = (f"the batch would pass {cap}: {guess.to_send:,} prompts to send, ~{guess.input_tokens:,} input "
             f"and up to ~{round(per_out * guess.to_send):,} output tokens{money}. A batch cannot be stopped once "
             "submitted, so ")
@@ -111,6 +110,11 @@ def _within_cap(job: Any, backend: Any, positions: list[int], max_cost: float | 
                              "(or lower max_tokens).", [])
         exc.partial = job._shape([], [], job.lookup(backend, False, text_only=False), True)[0]
         raise exc
-    return kept, head + (f"only the first {taken:,} prompts (estimated ${cost:,.4f}, {round(tokens):,} tokens) "
+    return kept, head + (f"only the first {taken:,} prompts (estimated {_money(cost)}, {round(tokens):,} tokens) "
                          f"were submitted; the other {len(fits) - taken:,} ({len(positions) - len(kept):,} rows) "
                          "were not. Raise the cap and run it again: the answered rows are cached.")
+
+
+def _money(value: float) -> str:
+    """Dollars, with the digits a small batch needs (``$0.000021``)."""
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.8f}".rstrip("0")
