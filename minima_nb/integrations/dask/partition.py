@@ -45,10 +45,15 @@ def job_for(part: pd.DataFrame | pd.Series, spec: RunSpec) -> Generation:
     return Generation(slots, part.index, spec.name, spec.request_params())
 
 
-def generate_partition(part: pd.DataFrame | pd.Series, spec: RunSpec) -> pd.Series | pd.DataFrame:
-    """Answer one partition's prompts; the result equals the pandas accessor's on it."""
+def generate_partition(part: pd.DataFrame | pd.Series, spec: RunSpec,
+                       partition_info: dict[str, Any] | None = None) -> pd.Series | pd.DataFrame:
+    """Answer one partition's prompts; the result equals the pandas accessor's on it.
+
+    ``partition_info`` (given by dask) numbers the partition in its progress events.
+    """
     job = job_for(part, spec)
-    reporter = progress.reporter_for(len(part)) if spec.report else None
+    number = partition_info.get("number") if partition_info else None
+    reporter = progress.reporter_for(len(part), spec.token, number) if spec.report else None
     if reporter is not None:
         reporter.start()
     dask_worker = _this_worker()
