@@ -227,3 +227,23 @@ def test_budget_schedule_has_no_burst_and_follows_the_server():
     first, lowered, _ = schedule.lease(1, server_rpm=300)
     assert lowered == pytest.approx(2 * interval) and first == pytest.approx(3 * interval)
     assert schedule.lease(1, pause_s=10.0)[0] == pytest.approx(10.0)
+
+
+def test_sweep_lazy_meta_and_equal_to_pandas_sweep(srv, llm):
+    """ddf.minima.sweep: lazy, its meta = the computed dtypes, the rows of df.minima.sweep."""
+    df = frame(12)
+    ddf = dd.from_pandas(df, npartitions=3, sort=False)
+    grid = {"model": ["mock-model", "mock-model-large"], "temperature": [0, 0.7]}
+    runs = ddf.minima.sweep("About {topic}: {prompt}", backend=llm, **grid)
+    assert srv.requests_total == 0 and list(runs.columns[:3]) == ["row", "model", "temperature"]
+    got = threaded(runs)
+    want = df.minima.sweep("About {topic}: {prompt}", backend=llm, progress=False, **grid)
+    assert dict(got.dtypes) == dict(runs.dtypes)
+    columns = ["model", "temperature", "text", "error", "input_tokens", "output_tokens"]
+    pd.testing.assert_frame_equal(got[columns].reset_index(drop=True), want[columns])
+    assert got["row"].tolist() == want["row"].tolist()  # every row's label, in the frame's order
+    assert srv.requests_total == 11 * 4  # the missing prompt is not sent, under any combination
+    last = mdask.last_progress()
+    assert (last.total, last.done) == (48, 48)  # one bar of (row, combination) pairs
+    with pytest.raises(ValueError, match="no values"):
+        ddf.minima.sweep("prompt", backend=llm, temperature=[])

@@ -224,6 +224,20 @@ def test_plain_compute_shows_one_exact_view_per_computation(client, server, llm,
     assert len(summaries) == 4 and all("(0 cached, 0 failed, 39 sent," in s for s in summaries)
 
 
+def test_sweep_on_two_worker_processes(client, server, llm):
+    """ddf.minima.sweep on the cluster: the pandas sweep's rows, one exact view of the pairs."""
+    df = frame(30)
+    ddf = dd.from_pandas(df, npartitions=3, sort=False)
+    runs = ddf.minima.sweep("prompt", backend=llm, key_env=KEY_ENV, temperature=[0, 0.5, 1])
+    got = runs.compute()
+    want = df.minima.sweep("prompt", backend=llm, progress=False, temperature=[0, 0.5, 1])
+    assert dict(got.dtypes) == dict(runs.dtypes)
+    pd.testing.assert_frame_equal(got[["model", "temperature", "text", "error"]].reset_index(drop=True),
+                                  want[["model", "temperature", "text", "error"]])
+    assert got["row"].tolist() == want["row"].tolist()
+    assert _counts(mdask.last_progress()) == (90, 90, 0, 0, 87)
+
+
 def test_shared_cache_on_one_host(client, server, llm):
     """Workers write the notebook's cache while they run: re-runs anywhere send nothing."""
     df = frame(40)

@@ -29,6 +29,7 @@ from ...errors import ConfigError
 from ...notebook import session
 from ...notebook.jobs import DETAIL_DTYPES, Generation
 from ...notebook.prompts import _template_fields, check_system, column_slots, frame_slots
+from ...notebook.sweep import Sweep
 from . import budget, live, worker
 from .partition import generate_partition
 from .settings import DEFAULT_KEY_ENV, BudgetSpec, EngineSettings, RunSpec
@@ -177,6 +178,41 @@ class DaskFrameAccessor:
                              progress, align_dataframes=False)
 
     generate.__doc__ = (generate.__doc__ or "") + _DOC_OPTIONS
+
+    def sweep(self, prompt: Any, *, backend: Any = None, system: str | None = None,
+              progress: bool | str = True, force_refresh: bool = False, rpm: int | None = None,
+              key_env: str | None = None, local_cache: bool = False,
+              **grid: Any) -> dd.DataFrame:
+        """Every row under every combination of ``grid``, lazily: ``df.minima.sweep`` per partition.
+
+        A ``dd.DataFrame`` with the pandas sweep's columns (``row``, ``model``, the grid keys,
+        the details columns); each partition's rows come out together, its index restarting
+        at 0 (``row`` holds the original label). ``backend``, ``rpm``, ``key_env``,
+        ``local_cache`` and ``progress`` as in ``generate``; typed answers (``schema=``) are
+        not offered on Dask.
+        """
+        meta = self._obj._meta
+        system = check_system(system)
+        frame_slots(meta, prompt, system)  # a wrong column/template fails now
+        plain_grid = tuple((key, tuple(value) if _listlike(value) else value)
+                           for key, value in grid.items())
+        spec, config = build_spec(prompt=prompt, system=system, name=None, details=True,
+                                  force_refresh=force_refresh, backend=backend, rpm=rpm,
+                                  key_env=key_env, local_cache=local_cache, progress=progress,
+                                  params={})
+        spec = spec.replace(grid=plain_grid)
+        # The meta: the sweep of the collection's fake rows (real dtypes), with no row left.
+        fake = self._obj._meta_nonempty
+        job = Sweep(fake, [None] * len(fake), dict(plain_grid), config.model)
+        sweep_meta = job.shape([None] * len(job.slots), True)[0].iloc[:0]
+        columns = [prompt] if prompt in meta.columns else _template_fields(prompt)
+        return lazy_generate(self._obj[columns], spec, config, sweep_meta, progress,
+                             align_dataframes=False)
+
+
+def _listlike(value: Any) -> bool:
+    return isinstance(value, (list, tuple, range, pd.Index, pd.Series)) or (
+        hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1)
 
 
 @dd.extensions.register_series_accessor("minima")

@@ -78,6 +78,7 @@ class RunSpec:
     budget: BudgetSpec | None = None
     report: bool = True
     token: str | None = None  # names the computation in progress events (see .live)
+    grid: tuple[tuple[str, Any], ...] | None = None  # a sweep's grid; None for generate()
 
     def request_params(self) -> dict[str, Any]:
         """The request fields as ``Generation`` takes them."""
