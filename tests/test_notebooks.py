@@ -102,6 +102,9 @@ CELL_WIDGETS = {
         ("details=True).compute()", 300, ["cached 300", "failed 0", "0 requests"]),
     ],
 }
+# ...and cells that must show none of minima's widgets (the events' handler thread belongs to
+# the cell that made the Client: a widget drawn without the running cell's context lands here).
+NO_WIDGET_CELLS = {"06_dask.ipynb": ["client = Client(cluster)"]}
 
 
 def _load_builder():
@@ -162,6 +165,9 @@ def _cell_widget_states(nb, cell) -> list[dict]:
 
 
 def _assert_cell_widgets(nb, name: str) -> None:
+    for fragment in NO_WIDGET_CELLS.get(name, []):
+        cell = next(c for c in nb.cells if c.cell_type == "code" and fragment in c.source)
+        assert _cell_widget_states(nb, cell) == [], fragment
     for fragment, rows, words in CELL_WIDGETS.get(name, []):
         cell = next(c for c in nb.cells if c.cell_type == "code" and fragment in c.source)
         models = _cell_widget_states(nb, cell)
@@ -377,3 +383,38 @@ def test_dspy_sync_and_async_calls_in_a_kernel(kernel):
     assert [r["status"] for r in results] == ["ok"] * len(cells), [r["outputs"] for r in results]
     texts = [_text(r["outputs"]).strip() for r in results[2:]]
     assert texts == ["sync 4", "async Paris", "gather 20", "batch 12"]
+
+
+def test_dask_plain_compute_in_a_kernel_threads_and_interrupt(kernel, kernel_env):
+    """In a kernel, a plain .compute() on the threaded scheduler shows minima's widget in its own
+    cell; an interrupted one closes its bar as interrupted and opens no other."""
+    with MockServer(latency_s=0.2) as server:
+        setup = (
+            "import dask, dask.dataframe as dd, pandas as pd, minima_nb, minima_nb.dask\n"
+            "from minima_nb.integrations.dask import live\n"
+            f"minima_nb.configure(base_url={server.base_url!r}, model='mock-model', "
+            f"cache_dir={str(kernel_env)!r}, rpm=0, batch={{'num_workers': 4}})\n"
+            "dask.config.set(scheduler='threads')\n"
+            "ddf = dd.from_pandas(pd.DataFrame({'prompt': [f'k {i}' for i in range(40)]}), npartitions=4)\n"
+            "answers = ddf.minima.generate('prompt')"
+        )
+        show = ("_, status, last = live.hub().history[-1]\n"
+                "print('view', status, (last.total, last.done, last.cached))")
+        results = kernel.run_all([WHERE_AM_I, setup, "out = answers.compute()", show])
+        assert [r["status"] for r in results] == ["ok"] * 4, [r["outputs"] for r in results]
+        assert _has_widget(results[2]["outputs"]) and not _has_widget(results[1]["outputs"])
+        assert "view done (40, 40, 0)" in _text(results[3]["outputs"])
+        long = "long = dd.from_pandas(pd.DataFrame({'prompt': [f'L {i}' for i in range(400)]}), npartitions=2)"
+        kernel.run_all([long])
+        interrupter = threading.Thread(target=_interrupt_when_busy,
+                                       args=(kernel.km, server, 60, 30.0), daemon=True)
+        interrupter.start()
+        [cell] = kernel.run_all(["long.minima.generate('prompt').compute()"])
+        interrupter.join(timeout=CELL_TIMEOUT_S)
+        [after] = kernel.run_all(["import time; time.sleep(1.0)\n" + show
+                                  + "\nprint('open', len(live.hub()._open))"])
+        if after["status"] == "aborted":  # ipykernel's stop-on-error (see the test above)
+            [after] = kernel.run_all([show + "\nprint('open', len(live.hub()._open))"])
+    assert cell["status"] == "error" and _has_widget(cell["outputs"])
+    shown = _text(after["outputs"])
+    assert "view interrupted" in shown and "open 0" in shown, shown
