@@ -247,3 +247,25 @@ def test_sweep_lazy_meta_and_equal_to_pandas_sweep(srv, llm):
     assert (last.total, last.done) == (48, 48)  # one bar of (row, combination) pairs
     with pytest.raises(ValueError, match="no values"):
         ddf.minima.sweep("prompt", backend=llm, temperature=[])
+
+
+def test_local_computation_ending_leaves_cluster_views_open():
+    """A local scheduler's computation ending (e.g. one the in-process scheduler runs) closes
+    only the views of partitions it ran, never a cluster computation's."""
+    from minima_nb.integrations.dask.live import Display, Hub
+
+    hub = Hub()
+    hub.register("tok", Display(False, label="t", npartitions=2), None)
+    message = {"token": "tok", "part": 0, "attempt": "a", "final": False, "total": 5, "done": 1,
+               "cached": 0, "failed": 0, "retrying": 0, "in_flight": 0, "sent": 1,
+               "received": 1, "input_tokens": 0, "output_tokens": 0, "latency_sum": 0.0,
+               "last_error": None}
+    hub.local_started()
+    hub._on_event((0.0, message))  # a worker's event, through the client's subscription
+    hub.local_finished(errored=False)
+    assert "tok" in hub._open and not hub.history
+    hub.register("loc", Display(False, label="t", npartitions=2), None)
+    hub.local_started()
+    hub._on_local({**message, "token": "loc", "attempt": "b"})  # a threaded-scheduler partition
+    hub.local_finished(errored=False)
+    assert list(hub._open) == ["tok"] and [(t, s) for t, s, _ in hub.history] == [("loc", "done")]

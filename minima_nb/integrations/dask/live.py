@@ -122,7 +122,7 @@ class Hub:
             if self._hooked:
                 return
             self._hooked = True
-        add_local_handler(self.handle)
+        add_local_handler(self._on_local)
         _LocalRuns(self).register()
         shell = _ipython()
         if shell is not None:
@@ -133,8 +133,15 @@ class Hub:
     def _on_event(self, event: tuple[float, Any]) -> None:
         self.handle(event[1])
 
-    def handle(self, message: Any) -> None:
-        """One partition event, from any thread: count it in its computation's view."""
+    def _on_local(self, message: dict[str, Any]) -> None:
+        self.handle(message, local=True)
+
+    def handle(self, message: Any, *, local: bool = False) -> None:
+        """One partition event, from any thread: count it in its computation's view.
+
+        ``local`` marks events of partitions run in this process by a local scheduler: their
+        view closes when that scheduler's computation ends.
+        """
         if not isinstance(message, dict) or "attempt" not in message:
             return
         token = message.get("token")
@@ -157,8 +164,7 @@ class Hub:
                 if verdict == "new":
                     closing, live = self._open.pop(token), None
             if live is None:
-                live = self._open[token] = _Live(token, display, self._current_cell(),
-                                                 local=self._local_depth > 0)
+                live = self._open[token] = _Live(token, display, self._current_cell(), local)
             live.attempts.add(message["attempt"])
             live.view.handle(message)
             done = live.view.complete()
