@@ -152,17 +152,12 @@ class Hub:
             observer.handle(message)
         if observers or display is None or token is None:
             return  # a progress() block shows its own bar; unknown tokens are not ours
-        closing: _Live | None = None
         with self._lock:
             if message["attempt"] in self._closed:
                 return  # a view that has closed (interrupted, or done) stays closed
             live = self._open.get(token)
-            if live is not None:
-                verdict = live.view.classify(message)
-                if verdict == "rerun":
-                    return  # Dask re-ran a finished partition: its rows are counted already
-                if verdict == "new":
-                    closing, live = self._open.pop(token), None
+            if live is not None and live.view.is_rerun(message):
+                return  # Dask re-ran a finished partition: its rows are counted already
             if live is None:
                 live = self._open[token] = _Live(token, display, self._current_cell(), local)
             live.attempts.add(message["attempt"])
@@ -171,8 +166,6 @@ class Hub:
             if done:
                 del self._open[token]
                 self._forget(live)
-        if closing is not None:
-            self._finish(closing, "done")
         if done:
             self._finish(live, "done")
         else:

@@ -161,20 +161,15 @@ class ClusterProgress:
         self.last_event_at = self._started
         self.sink = make_sink(progress, label=label, heartbeat_s=heartbeat_s, stall_s=stall_s)
 
-    def classify(self, message: dict[str, Any]) -> str:
-        """``"count"`` an event, ignore a ``"rerun"`` of a finished partition, or ``"new"``.
+    def is_rerun(self, message: dict[str, Any]) -> bool:
+        """Whether the event is a new attempt of a partition that already finished.
 
-        A new attempt of a partition that is already final is Dask re-running it (a worker
-        died holding its result) while other partitions still run; when nothing is running
-        any more it is a new computation of the same collection (after a partial one such as
-        ``head()``), which gets a view of its own.
+        That is Dask re-running it (a worker died holding its result, or the partition runs
+        again before the view closed): its rows are counted already.
         """
         with self._lock:
             part = self._parts.get(part_id(message))
-            if part is None or part["attempt"] == message["attempt"] or not part["final"]:
-                return "count"
-            running = any(not p["final"] for p in self._parts.values())
-        return "rerun" if running else "new"
+        return part is not None and part["final"] and part["attempt"] != message["attempt"]
 
     def handle(self, message: dict[str, Any]) -> None:
         """Take one partition event; a new attempt of a partition replaces an unfinished one."""
