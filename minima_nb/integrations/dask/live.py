@@ -17,8 +17,10 @@ When it closes: as soon as every partition of the computation has sent its final
 arrive before the result does), when the cell that opened it ends (with the cell's outcome:
 done, interrupted or error; a ``persist()`` still running is left open), when a local
 scheduler's computation ends (a dask ``Callback``), or after ``IDLE_CLOSE_S`` without events
-with nothing running (a partial computation such as ``head()`` in a script). Events of an
-attempt whose view has closed are dropped, so nothing is counted twice or reopened.
+with nothing running (a partial computation such as ``head()`` in a script). While a view is
+open, a new attempt of a partition it counted already (Dask re-running it after a worker
+died) is ignored; events of an attempt whose view has closed are dropped, so nothing is
+counted twice or reopened.
 """
 
 from __future__ import annotations
