@@ -269,3 +269,27 @@ def test_local_computation_ending_leaves_cluster_views_open():
     hub._on_local({**message, "token": "loc", "attempt": "b"})  # a threaded-scheduler partition
     hub.local_finished(errored=False)
     assert list(hub._open) == ["tok"] and [(t, s) for t, s, _ in hub.history] == [("loc", "done")]
+
+
+def test_no_new_bar_under_an_interrupted_cell():
+    """A partition that starts after its cell was interrupted opens no bar; the next cell does."""
+    from types import SimpleNamespace
+
+    from minima_nb.integrations.dask.live import Display, Hub
+
+    hub = Hub()
+    hub.register("tok", Display(False, label="t", npartitions=3), None)
+    message = {"token": "tok", "part": 0, "attempt": "a", "final": False, "total": 5, "done": 1,
+               "cached": 0, "failed": 0, "retrying": 0, "in_flight": 0, "sent": 1,
+               "received": 1, "input_tokens": 0, "output_tokens": 0, "latency_sum": 0.0,
+               "last_error": None}
+    hub._pre_run_cell()
+    hub._on_event((0.0, message))
+    hub._post_run_cell(SimpleNamespace(error_in_exec=KeyboardInterrupt(), error_before_exec=None))
+    assert [status for _, status, _ in hub.history] == ["interrupted"]
+    hub._on_event((0.0, {**message, "final": True, "done": 5}))  # the cancelled task finishing
+    hub._on_event((0.0, {**message, "part": 1, "attempt": "late"}))  # one that slipped through
+    assert not hub._open and len(hub.history) == 1
+    hub._pre_run_cell()  # the user runs it again
+    hub._on_event((0.0, {**message, "attempt": "again"}))
+    assert list(hub._open) == ["tok"]

@@ -59,6 +59,7 @@ class Display:
 class _Cell:
     context: contextvars.Context
     running: bool = True
+    status: str = "done"  # how the cell ended
 
 
 class _Live:
@@ -161,7 +162,13 @@ class Hub:
             if live is not None and live.view.is_rerun(message):
                 return  # Dask re-ran a finished partition: its rows are counted already
             if live is None:
-                live = self._open[token] = _Live(token, display, self._current_cell(), local)
+                cell = self._current_cell()
+                if cell is not None and not cell.running and cell.status != "done":
+                    # A partition starting just after its cell was interrupted (the cluster had
+                    # not yet cancelled it): no new bar under the interrupted cell.
+                    self._closed[message["attempt"]] = None
+                    return
+                live = self._open[token] = _Live(token, display, cell, local)
             live.attempts.add(message["attempt"])
             live.view.handle(message)
             done = live.view.complete()
@@ -239,7 +246,7 @@ class Hub:
                 self._last_cell = cell
         if cell is None:
             return
-        status = _status_of(result)
+        status = cell.status = _status_of(result)
         if status != "done":
             self.close_where(status, lambda live: live.cell is cell)
         else:  # a persist() still running in the background keeps its view
