@@ -418,3 +418,4 @@ def test_dask_plain_compute_in_a_kernel_threads_and_interrupt(kernel, kernel_env
     assert cell["status"] == "error" and _has_widget(cell["outputs"])
     shown = _text(after["outputs"])
     assert "view interrupted" in shown and "open 0" in shown, shown
+
