@@ -21,6 +21,7 @@ import logging
 from aiohttp import web
 
 from ...types import MinimaLlmFailure, MinimaLlmResponse
+from .hits import StoredHit
 from .metrics import ProxyMetrics
 from .relay import Relay
 from .translate import (
@@ -111,6 +112,11 @@ class ProxyApp:
         if self._verbose:
             outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
             print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
+        if isinstance(result, StoredHit):
+            body = None if call.stream else result.body()
+            if body is not None:  # the stored upstream body, sent as it is
+                return self._response(body, _JSON, self._answer_headers[True])
+            result = result.response(call.request.request_id)
         if isinstance(result, MinimaLlmFailure):
             return self._failure(result)
         assert isinstance(result, MinimaLlmResponse)

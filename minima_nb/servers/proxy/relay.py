@@ -5,7 +5,8 @@ the proxy, whichever process it runs in. On top of the backend the relay sends i
 requests that are in flight at the same time once: ten notebooks asking the same new prompt at
 once cost one upstream call, and the nine others are answered as hits when it returns. Each
 call runs in its own task, so a client that hangs up does not cancel the answer the others wait
-for (it still lands in the cache).
+for (it still lands in the cache). A request with nothing identical in flight is first looked up
+on the hit path (:mod:`.hits`): a stored answer is returned there and then, with no task.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Hashable
 from ...cache import cache_key
 from ...engine.backend import OpenAIMinimaLlm
 from ...types import MinimaLlmRequest, MinimaLlmResult
+from .hits import HitPath, StoredHit
 from .metrics import ProxyMetrics
 
 __all__ = ["Relay"]
@@ -29,12 +31,14 @@ class Relay:
         self.metrics = metrics
         self._default_model = backend.config.model
         self._flights: dict[Hashable, asyncio.Task[MinimaLlmResult]] = {}
+        self._hits = HitPath(backend)
 
     async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
-                     identity: Hashable | None = None) -> tuple[MinimaLlmResult, bool]:
+                     identity: Hashable | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
         """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
 
-        The result carries the upstream's body in ``raw`` (for a hit, the stored one).
+        A stored answer comes back as a :class:`StoredHit` (its body as stored); anything else
+        as the backend's result, which carries the upstream's body in ``raw``.
         ``identity`` names the request among those in flight (default: its cache key); the
         app passes the model and the body bytes, which identical clients send identically and
         which cost nothing to compare, so a cache hit does not pay for its key twice.
@@ -47,6 +51,11 @@ class Relay:
             result = await asyncio.shield(flight)
             self.metrics.hits += 1
             return result, True
+        if not refresh:
+            stored = self._hits.find(request)
+            if stored is not None:
+                self.metrics.hits += 1
+                return stored, True
         flight = asyncio.get_running_loop().create_task(
             self.backend.generate(request, refresh, include_raw=True))
         self._flights[key] = flight
