@@ -34,13 +34,29 @@ _START_TIMEOUT_S = 120.0
 
 # -- the proxies (child process side) ---------------------------------------------------------
 
+_UVLOOP = False  # set in the child by a kind named "<kind>+uvloop"
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if _UVLOOP:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
 
 def _serve_minima(upstream: str, port: int, workdir: str) -> None:
     from minima_nb import MinimaLlmConfig, ProxyServer
 
     config = MinimaLlmConfig(base_url=upstream, model="mock-model", api_key="sk-bench",
                              cache_dir=workdir, rpm=0, max_outstanding=CONCURRENCY)
-    asyncio.run(ProxyServer(config, port=port).run())
+    serve = ProxyServer(config, port=port).run()
+    if _UVLOOP:
+        import uvloop
+
+        uvloop.run(serve)
+    else:
+        asyncio.run(serve)
 
 
 def _serve_floor(upstream: str, port: int, workdir: str) -> None:
@@ -64,7 +80,26 @@ def _serve_floor(upstream: str, port: int, workdir: str) -> None:
     app = web.Application()
     app.cleanup_ctx.append(session)
     app.router.add_post("/v1/chat/completions", forward)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=_new_loop())
+
+
+def _serve_constant(upstream: str, port: int, workdir: str) -> None:
+    """The hits' floor: an aiohttp.web handler that reads the body and returns a constant JSON answer."""
+    from aiohttp import web
+
+    body = json.dumps({"id": "chatcmpl-floor", "object": "chat.completion", "created": 0,
+                       "model": "mock-model", "choices": [{"index": 0, "message": {
+                           "role": "assistant", "content": "floor"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+                      ).encode()
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=_new_loop())
 
 
 def _serve_litellm(upstream: str, port: int, workdir: str) -> None:
@@ -279,8 +314,11 @@ if __name__ == "__main__":
         from . import netguard
 
         netguard.install()
-        serve = {"minima": _serve_minima, "floor": _serve_floor, "litellm": _serve_litellm}
-        serve[sys.argv[2]](sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        serve = {"minima": _serve_minima, "floor": _serve_floor, "constant": _serve_constant,
+                 "litellm": _serve_litellm}
+        kind, _, loop = sys.argv[2].partition("+")
+        _UVLOOP = loop == "uvloop"
+        serve[kind](sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         sys.exit("usage: python -m benchmarks.scenarios_proxy serve minima|floor|litellm "
                  "<upstream base url> <port> <work dir>")
