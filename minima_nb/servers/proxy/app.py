@@ -21,7 +21,7 @@ import logging
 from aiohttp import web
 
 from ...types import MinimaLlmFailure, MinimaLlmResponse
-from .hits import StoredHit
+from .hits import ParsedBodies, StoredHit
 from .metrics import ProxyMetrics
 from .relay import Relay
 from .translate import (
@@ -31,6 +31,7 @@ from .translate import (
     encode_json,
     error_body,
     failure_status,
+    no_cache_requested,
     scrub,
     sse_body,
 )
@@ -64,6 +65,7 @@ class ProxyApp:
         self._secret = config.api_key
         self._secret_bytes = config.api_key.encode("utf-8") if config.api_key else None
         self._ids = 0
+        self._parsed = ParsedBodies()
         self._answer_headers = {True: {"x-minima-cache": "hit"}, False: {"x-minima-cache": "miss"}}
         self._stream_headers = {hit: {**h, "Cache-Control": "no-cache"}
                                 for hit, h in self._answer_headers.items()}
@@ -102,13 +104,20 @@ class ProxyApp:
             metrics.in_flight -= 1
 
     async def _answer(self, request: web.Request) -> web.Response:
-        raw, body = await self._read_json(request)
+        raw = await self._read_body(request)
         self._ids += 1
-        call = chat_call(body, f"proxy-{self._ids}", default_model=self._model,
-                         force_model=self._force_model,
-                         cache_control=request.headers.get("Cache-Control"))
-        result, hit = await self.relay.answer(call.request, call.no_cache,
-                                              identity=(call.request.model, raw))
+        known = None if self._verbose else self._parsed.get(raw)  # verbose: fresh ids to print
+        if known is None:
+            call = chat_call(self._decode(raw), f"proxy-{self._ids}", default_model=self._model,
+                             force_model=self._force_model)
+            key = self.relay.key(call.request)
+            self._parsed.remember(raw, call, key)
+        else:
+            call, key = known
+        cache_control = request.headers.get("Cache-Control")
+        refresh = call.no_cache or (cache_control is not None and no_cache_requested(cache_control))
+        result, hit = await self.relay.answer(call.request, refresh,
+                                              identity=(call.request.model, raw), key=key)
         if self._verbose:
             outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
             print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
@@ -165,8 +174,8 @@ class ProxyApp:
                            "(MINIMA_PROXY_TOKEN); with openai-python that is api_key=<token>",
                            code="invalid_proxy_token", headers={"WWW-Authenticate": "Bearer"})
 
-    async def _read_json(self, request: web.Request) -> tuple[bytes, object]:
-        """The body as received and as decoded JSON."""
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body as received, within the size limit."""
         limit = self._max_body_bytes
         too_large = ProxyRequestError(
             413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
@@ -179,8 +188,12 @@ class ProxyApp:
             raise too_large from None
         if len(raw) > limit:
             raise too_large
+        return raw
+
+    @staticmethod
+    def _decode(raw: bytes) -> object:
         try:
-            return raw, json.loads(raw)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyRequestError(400, f"the request body is not valid JSON ({exc}); send a "
                                     "chat-completions request as a JSON object") from None

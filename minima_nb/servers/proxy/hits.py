@@ -5,7 +5,9 @@ A hit is most of what a busy proxy answers (ten notebooks re-running the same ce
 skips what only a miss needs: no task, no pacer, no retry policy, and no JSON decode and
 re-encode of the stored body (the bytes the upstream sent are the bytes the client gets, id,
 model and usage included). The key is the backend's own (:func:`minima_nb.cache.cache_key` with
-the configured namespace), its parameter part encoded once per set of request fields.
+the configured namespace), its parameter part encoded once per set of request fields; and a
+body seen a moment ago is not parsed or keyed again (:class:`ParsedBodies`: the same bytes
+always make the same request under one proxy's settings).
 
 The path stands aside, and the request takes the backend's full road, whenever the backend
 would do more than read its cache: no cache, ``force_refresh``, or a key trace file (which logs
@@ -23,10 +25,45 @@ from typing import Any
 from ...cache import PromptCache, cache_key, key_function
 from ...engine.backend import OpenAIMinimaLlm
 from ...types import MinimaLlmRequest, MinimaLlmResponse, Usage
+from .translate import ChatCall
 
-__all__ = ["HitPath", "StoredHit"]
+__all__ = ["HitPath", "ParsedBodies", "StoredHit"]
 
 _MAX_KEY_FUNCTIONS = 256  # distinct (model, temperature, max_tokens) sets kept ready
+_MEMO_BODY_BYTES = 16 * 1024  # larger bodies (images, long documents) are parsed every time
+_MEMO_TOTAL_BYTES = 8 * 1024 * 1024  # what the remembered bodies may hold together
+
+
+class ParsedBodies:
+    """Recent request bodies and what they parsed to (a ChatCall and its cache key), oldest first.
+
+    Bounded in bytes; the oldest body is forgotten first. Only bodies that parsed are kept, so
+    a refusal (a 4xx) is worked out, and said, every time.
+    """
+
+    def __init__(self, max_bytes: int = _MEMO_TOTAL_BYTES, max_body_bytes: int = _MEMO_BODY_BYTES) -> None:
+        self._entries: dict[bytes, tuple[ChatCall, str | None]] = {}
+        self._bytes = 0
+        self._max_bytes, self._max_body_bytes = max_bytes, max_body_bytes
+
+    def get(self, body: bytes) -> tuple[ChatCall, str | None] | None:
+        """``(call, key)`` remembered for ``body``, or None."""
+        return self._entries.get(body)
+
+    def remember(self, body: bytes, call: ChatCall, key: str | None) -> None:
+        """Keep ``body``'s parse (unless the body is too large to be worth keeping)."""
+        size = len(body)
+        if size > self._max_body_bytes or body in self._entries:
+            return
+        entries = self._entries
+        while entries and self._bytes + size > self._max_bytes:
+            self._bytes -= len(next(iter(entries)))
+            del entries[next(iter(entries))]
+        entries[body] = (call, key)
+        self._bytes += size
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +112,22 @@ class HitPath:
         """False when every request must take the backend's road (see the module docstring)."""
         return self._cache is not None
 
-    def find(self, request: MinimaLlmRequest) -> StoredHit | None:
-        """The stored answer of ``request``, or None (a miss, or the path stands aside)."""
+    def find(self, request: MinimaLlmRequest, key: str | None = None) -> StoredHit | None:
+        """The stored answer of ``request`` (whose key is ``key`` when given), or None (a miss,
+        or the path stands aside)."""
         cache = self._cache
-        if cache is None:
+        if key is None:
+            key = self.key(request)
+        if cache is None or key is None:
             return None
-        row = cache.get_with_raw(self.key(request))
+        row = cache.get_with_raw(key)
         return None if row is None else StoredHit(*row)
 
-    def key(self, request: MinimaLlmRequest) -> str:
-        """``request``'s cache key, equal to the backend's (and so to ``df.minima.generate``'s)."""
+    def key(self, request: MinimaLlmRequest) -> str | None:
+        """``request``'s cache key, equal to the backend's (and so to ``df.minima.generate``'s);
+        None while the path stands aside."""
+        if self._cache is None:
+            return None
         model = request.model or self._default_model
         t, m = request.temperature, request.max_tokens
         if request.extra:

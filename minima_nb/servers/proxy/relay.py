@@ -34,38 +34,44 @@ class Relay:
         self._hits = HitPath(backend)
 
     async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
-                     identity: Hashable | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
+                     identity: Hashable | None = None,
+                     key: str | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
         """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
 
         A stored answer comes back as a :class:`StoredHit` (its body as stored); anything else
         as the backend's result, which carries the upstream's body in ``raw``.
         ``identity`` names the request among those in flight (default: its cache key); the
         app passes the model and the body bytes, which identical clients send identically and
-        which cost nothing to compare, so a cache hit does not pay for its key twice.
+        which cost nothing to compare, so a cache hit does not pay for its key twice. ``key``
+        is the request's cache key when the caller has it (:meth:`key`).
         """
-        key = identity if identity is not None else cache_key(
+        name = identity if identity is not None else cache_key(
             request.model or self._default_model, request.messages, request.temperature,
             request.max_tokens, request.extra)[0]
-        flight = self._flights.get(key)
+        flight = self._flights.get(name)
         if flight is not None:  # the same request is on its way: share its answer
             result = await asyncio.shield(flight)
             self.metrics.hits += 1
             return result, True
         if not refresh:
-            stored = self._hits.find(request)
+            stored = self._hits.find(request, key)
             if stored is not None:
                 self.metrics.hits += 1
                 return stored, True
         flight = asyncio.get_running_loop().create_task(
             self.backend.generate(request, refresh, include_raw=True))
-        self._flights[key] = flight
-        flight.add_done_callback(lambda done: self._land(key, done))
+        self._flights[name] = flight
+        flight.add_done_callback(lambda done: self._land(name, done))
         result = await asyncio.shield(flight)
         if result.cached:
             self.metrics.hits += 1
         else:
             self.metrics.misses += 1
         return result, result.cached
+
+    def key(self, request: MinimaLlmRequest) -> str | None:
+        """``request``'s cache key as the hit path looks it up (None without a hit path)."""
+        return self._hits.key(request)
 
     def _land(self, key: Hashable, flight: asyncio.Task[MinimaLlmResult]) -> None:
         if self._flights.get(key) is flight:
