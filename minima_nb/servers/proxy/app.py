@@ -1,7 +1,8 @@
 """The proxy's HTTP face: the aiohttp.web application, its routes, the token check, the size limit.
 
 Routes: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /health`` and ``GET /metrics``; anything else is an OpenAI-shaped 404 (or
+``/models``: the upstream's list, or the configured model when the upstream has none to give or
+``force_model`` is set), ``GET /health`` and ``GET /metrics``; anything else is an OpenAI-shaped 404 (or
 405 for a known path with the wrong method). Every refusal is a clear 4xx and none of them stops
 the server; an unexpected fault in one request is that request's 500.
 
@@ -20,6 +21,8 @@ import logging
 
 from aiohttp import web
 
+from ...engine.transport import Transport
+from ...errors import TransportError
 from ...types import MinimaLlmFailure, MinimaLlmResponse
 from .hits import ParsedBodies, StoredHit
 from .metrics import ProxyMetrics
@@ -48,12 +51,18 @@ _NO_RETRY = {"x-should-retry": "false"}
 _log = logging.getLogger(__name__)
 
 
+def _models_url(base_url: str) -> str:
+    """``GET /models`` beside the configured chat endpoint: ``.../v1`` gets ``/models``."""
+    base = base_url.rstrip("/").removesuffix("/chat/completions")
+    return base + "/models" if base.endswith("/v1") else base + "/v1/models"
+
+
 class ProxyApp:
     """The request handlers of one proxy and the application that routes to them."""
 
     def __init__(self, relay: Relay, metrics: ProxyMetrics, *, token: str | None = None,
                  force_model: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, upstream: Transport | None = None) -> None:
         self.relay = relay
         self.metrics = metrics
         self._expected = f"Bearer {token}".encode() if token else None
@@ -65,6 +74,11 @@ class ProxyApp:
         self._secret = config.api_key
         self._secret_bytes = config.api_key.encode("utf-8") if config.api_key else None
         self._ids = 0
+        self._upstream = upstream  # for GET /models; chat requests go through the relay
+        self._models_url = _models_url(config.base_url)
+        self.__models_headers = {"Accept": "application/json",  # name-mangled: holds the key
+                                 **({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})}
+        self._models_timeout_s = min(10.0, config.timeout_s)
         self._parsed = ParsedBodies()
         self._answer_headers = {True: {"x-minima-cache": "hit"}, False: {"x-minima-cache": "miss"}}
         self._stream_headers = {hit: {**h, "Cache-Control": "no-cache"}
@@ -138,8 +152,24 @@ class ProxyApp:
     async def _models(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             return self._unauthorized()
+        listed = None if self._force_model else await self._upstream_models()
+        if listed is not None:
+            return self._response(listed, _JSON, {})
         data = [{"id": self._model, "object": "model", "created": 0, "owned_by": "minima-nb"}]
         return self._response(encode_json({"object": "list", "data": data}), _JSON, {})
+
+    async def _upstream_models(self) -> bytes | None:
+        """The upstream's model list as it sent it, or None when it gives no usable one."""
+        if self._upstream is None:
+            return None
+        try:
+            reply = await self._upstream.request("GET", self._models_url, headers=self.__models_headers,
+                                                 timeout_s=self._models_timeout_s)
+            listed = json.loads(reply.body) if reply.status == 200 else None
+        except (TransportError, ValueError, UnicodeDecodeError):
+            return None
+        ok = isinstance(listed, dict) and isinstance(listed.get("data"), list)
+        return reply.body if ok else None
 
     async def _health(self, request: web.Request) -> web.Response:
         return self._response(b'{"status":"ok"}', _JSON, {})

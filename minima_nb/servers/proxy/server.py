@@ -152,7 +152,8 @@ class ProxyServer:
         backend = OpenAIMinimaLlm(config, transport=upstream)
         relay = Relay(backend, self.metrics)
         app = ProxyApp(relay, self.metrics, token=self._token, force_model=self._force_model,
-                       max_body_bytes=self._max_body_bytes, verbose=self._verbose).application()
+                       max_body_bytes=self._max_body_bytes, verbose=self._verbose,
+                       upstream=upstream).application()
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
