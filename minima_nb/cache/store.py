@@ -292,17 +292,13 @@ class PromptCache:
         return found
 
     def get_with_raw(self, key: str) -> tuple[Any, ...] | None:
-        """``(text, input_tokens, output_tokens, finish_reason, latency_s, model, raw_json)`` for
-        ``key`` in one read, ``raw_json`` being the stored body as text (or None); None for a
-        miss, which is not counted in :meth:`stats` (the caller's fallback lookup counts it)."""
+        """get()'s fields, then the stored body as text (or None), in one read; a miss is not
+        counted in stats() (the caller's fallback lookup counts it)."""
         with self._lock:
             self._drop_committed()
             queued = self._pending.get(key)
-        if queued is not None:  # answered a moment ago, not committed yet
-            values = queued[1]
-            rows = [(*_ANSWER_ROW(values)[:6], values[6])]
-        else:
-            rows = self._query(f"SELECT {_ANSWER_COLUMNS}, raw FROM responses WHERE key = ?", (key,))
+        rows = ([(*_ANSWER_ROW(queued[1])[:6], queued[1][6])] if queued is not None else
+                self._query(f"SELECT {_ANSWER_COLUMNS}, raw FROM responses WHERE key = ?", (key,)))
         if rows:
             self._count(1, 0)
         return tuple(rows[0]) if rows else None

@@ -140,3 +140,18 @@ def test_the_serving_loop_can_be_chosen(upstream, cache_dir, loop):
 def test_an_unknown_loop_is_a_clear_error(upstream, cache_dir):
     with pytest.raises(ConfigError, match="event_loop='trio' is not one of auto, asyncio, uvloop"):
         ProxyServer(upstream_config(upstream, cache_dir), event_loop="trio")
+
+
+def test_a_restarted_proxy_serves_the_warm_cache(upstream, cache_dir):
+    config = upstream_config(upstream, cache_dir)
+    body = body_of("Asked before the restart")
+    with ProxyServer(config, port=0) as first:
+        _, _, original = post(first, body)
+    with ProxyServer(config, port=0) as second:
+        # New to this proxy: answered by the backend's own lookup, then by the hit path.
+        answers = [post(second, body) for _ in range(3)]
+    assert [(status, headers["x-minima-cache"]) for status, headers, _ in answers] == [(200, "hit")] * 3
+    assert {json.dumps(json.loads(data), sort_keys=True) for _, _, data in answers} == {
+        json.dumps(json.loads(original), sort_keys=True)}
+    assert answers[1][2] == answers[2][2]  # the stored body, byte for byte
+    assert upstream.requests_total == 1

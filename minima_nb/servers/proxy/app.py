@@ -28,6 +28,7 @@ from .hits import ParsedBodies, StoredHit
 from .metrics import ProxyMetrics
 from .relay import Relay
 from .translate import (
+    ChatCall,
     ProxyRequestError,
     chat_call,
     completion_body,
@@ -120,18 +121,11 @@ class ProxyApp:
     async def _answer(self, request: web.Request) -> web.Response:
         raw = await self._read_body(request)
         self._ids += 1
-        known = None if self._verbose else self._parsed.get(raw)  # verbose: fresh ids to print
-        if known is None:
-            call = chat_call(self._decode(raw), f"proxy-{self._ids}", default_model=self._model,
-                             force_model=self._force_model)
-            key = self.relay.key(call.request)
-            self._parsed.remember(raw, call, key)
-        else:
-            call, key = known
+        call, key = self._call_of(raw)
         cache_control = request.headers.get("Cache-Control")
         refresh = call.no_cache or (cache_control is not None and no_cache_requested(cache_control))
-        result, hit = await self.relay.answer(call.request, refresh,
-                                              identity=(call.request.model, raw), key=key)
+        result, hit = await self.relay.answer(call.request, refresh, identity=(call.request.model, raw),
+                                              cached_key=key)
         if self._verbose:
             outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
             print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
@@ -148,6 +142,30 @@ class ProxyApp:
             payload = sse_body(completion, result.text, call.include_usage)
             return self._response(payload, _SSE, self._stream_headers[hit])
         return self._response(encode_json(completion), _JSON, self._answer_headers[hit])
+
+    def _call_of(self, raw: bytes) -> tuple[ChatCall, str | None]:
+        """The request ``raw`` asks for, and its cache key when the body was seen before.
+
+        A body seen before is nearly always a hit and a new one nearly always a miss, so only
+        the first is worth a lookup before the backend (which looks up the second anyway). A
+        body's parse is remembered on its first visit, its key made on its second.
+        """
+        known = self._parsed.get(raw)
+        if known is None:
+            call = self._parse(raw)
+            self._parsed.remember(raw, call, None)
+            return call, None
+        call, key = known
+        if key is None:
+            key = self.relay.key(call.request)
+            self._parsed.remember(raw, call, key)
+        if self._verbose:  # a fresh request id to print
+            call = self._parse(raw)
+        return call, key
+
+    def _parse(self, raw: bytes) -> ChatCall:
+        return chat_call(self._decode(raw), f"proxy-{self._ids}", default_model=self._model,
+                         force_model=self._force_model)
 
     async def _models(self, request: web.Request) -> web.Response:
         if not self._allowed(request):

@@ -51,11 +51,15 @@ class ParsedBodies:
         return self._entries.get(body)
 
     def remember(self, body: bytes, call: ChatCall, key: str | None) -> None:
-        """Keep ``body``'s parse (unless the body is too large to be worth keeping)."""
+        """Keep ``body``'s parse and key (None: not made yet), unless the body is too large to
+        be worth keeping."""
         size = len(body)
-        if size > self._max_body_bytes or body in self._entries:
-            return
         entries = self._entries
+        if size > self._max_body_bytes:
+            return
+        if body in entries:  # known already: its key, made later
+            entries[body] = (call, key)
+            return
         while entries and self._bytes + size > self._max_bytes:
             self._bytes -= len(next(iter(entries)))
             del entries[next(iter(entries))]

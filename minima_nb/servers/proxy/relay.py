@@ -5,8 +5,9 @@ the proxy, whichever process it runs in. On top of the backend the relay sends i
 requests that are in flight at the same time once: ten notebooks asking the same new prompt at
 once cost one upstream call, and the nine others are answered as hits when it returns. Each
 call runs in its own task, so a client that hangs up does not cancel the answer the others wait
-for (it still lands in the cache). A request with nothing identical in flight is first looked up
-on the hit path (:mod:`.hits`): a stored answer is returned there and then, with no task.
+for (it still lands in the cache). A request with nothing identical in flight whose cache key the
+caller hands over is first looked up on the hit path (:mod:`.hits`): a stored answer is returned
+there and then, with no task.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ class Relay:
 
     async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
                      identity: Hashable | None = None,
-                     key: str | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
+                     cached_key: str | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
         """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
 
         A stored answer comes back as a :class:`StoredHit` (its body as stored); anything else
         as the backend's result, which carries the upstream's body in ``raw``.
         ``identity`` names the request among those in flight (default: its cache key); the
         app passes the model and the body bytes, which identical clients send identically and
-        which cost nothing to compare, so a cache hit does not pay for its key twice. ``key``
-        is the request's cache key when the caller has it (:meth:`key`).
+        which cost nothing to compare, so a cache hit does not pay for its key twice.
+        ``cached_key`` (the request's :meth:`key`) asks for the hit path: the stored answer is
+        read under that key before anything else; without it the backend does the lookup.
         """
         name = identity if identity is not None else cache_key(
             request.model or self._default_model, request.messages, request.temperature,
@@ -53,8 +55,8 @@ class Relay:
             result = await asyncio.shield(flight)
             self.metrics.hits += 1
             return result, True
-        if not refresh:
-            stored = self._hits.find(request, key)
+        if cached_key is not None and not refresh:
+            stored = self._hits.find(request, cached_key)
             if stored is not None:
                 self.metrics.hits += 1
                 return stored, True
