@@ -1,16 +1,17 @@
 """Scenario 8: the caching proxy against bare aiohttp.web handlers and the LiteLLM proxy.
 
 Each server runs in its own process pinned to core 0 (so its CPU is its own, read with psutil);
-the fast upstream and the load generator run on core 1. 64 concurrent keep-alive clients:
+the fast upstream and the load generator run on core 1. The load is wrk (one thread, 64
+keep-alive connections, a few seconds per run; without wrk, 64 aiohttp clients sending a fixed
+number of requests):
 
-* **misses**: distinct prompts sent once each by an aiohttp client, every one forwarded upstream
-  (minima: through its cache, pacer off, retries on; the floor: an aiohttp.web handler that
-  reads the body and posts it on);
-* **hits**: the same prompts replayed for a fixed time by wrk (one thread; the aiohttp client
-  when wrk is not installed), answered from the proxy's cache (LiteLLM: its in-memory cache;
-  the floor: an aiohttp.web handler returning a constant JSON body).
+* **misses**: a new prompt per request, every one forwarded upstream (minima: through its
+  cache, pacer off, retries on; the floor: an aiohttp.web handler that reads the body and
+  posts it on);
+* **hits**: the prompts of the misses replayed, answered from the proxy's cache (LiteLLM: its
+  in-memory cache; the floor: an aiohttp.web handler returning a constant JSON body).
 
-minima's proxy and the hits floor run on asyncio's loop and on uvloop (kinds ``<kind>+uvloop``).
+minima's proxy and both floors run on asyncio's loop and on uvloop (kinds ``<kind>+uvloop``).
 Run a server alone: ``python -m benchmarks.scenarios_proxy serve minima[+uvloop] <upstream url>
 <port> <dir>`` (also ``floor``, ``constant``, ``litellm``).
 """
@@ -32,7 +33,7 @@ from . import report
 from .harness import CpuSampler, Upstream, pinned, server_core
 
 CONCURRENCY = 64
-HIT_SECONDS = 8  # each hits run under wrk
+RUN_SECONDS = 8  # each run under wrk (misses, then hits)
 LITELLM_CAP = 1_000  # LiteLLM answers ~70 req/s here: more would take minutes per round
 MASTER_KEY = "sk-bench-master"
 _START_TIMEOUT_S = 120.0
@@ -244,13 +245,15 @@ def _rounds(kinds: tuple[str, ...], upstream: Upstream, workdir: Path, rounds: i
                 continue  # one LiteLLM round: it is slow and its figure is far from the others
             size = min(n, LITELLM_CAP) if kind == "litellm" else n
             hits = min(n_hits, LITELLM_CAP) if kind == "litellm" else n_hits
-            prompts = [f"proxy bench {round_no} question {i}" for i in range(size)]
+            prefix = f"proxy bench {round_no} question "
+            prompts = [f"{prefix}{i}" for i in range(size)]
             proxy = Proxy(kind, upstream.url, workdir / f"proxy-{kind.replace('+', '-')}-{round_no}")
             try:
                 proxy.wait_ready()
                 _warm(proxy, f"{kind}{round_no}")
                 if not kind.startswith("constant"):  # the constant handler has no misses
-                    misses = _measure(proxy, prompts)
+                    misses = _measure_misses(proxy, prefix, prompts, workdir)
+                    prompts = [f"{prefix}{i}" for i in range(misses["sent"])]
                     figures.setdefault((kind, "misses"), []).append(misses)
                     log(f"  round {round_no + 1} {kind} misses: {misses['req_s']:,.0f} req/s, "
                         f"{misses['cpu_us'] or 0:,.0f} µs CPU/request")
@@ -266,8 +269,9 @@ def _rounds(kinds: tuple[str, ...], upstream: Upstream, workdir: Path, rounds: i
                 proxy.close()
 
 
-# wrk's script for the hits: the prompts of the misses, each body built once, sent in turn.
-_WRK_SCRIPT = """
+# wrk's scripts. Hits: the prompts of the misses, each request built once, sent in turn. Misses:
+# a new prompt per request, numbered from 0 (so the prompts sent are known afterwards).
+_WRK_HITS = """
 local n = tonumber(os.getenv("BENCH_N"))
 local prefix = os.getenv("BENCH_PREFIX")
 local auth = os.getenv("BENCH_AUTH")
@@ -286,35 +290,64 @@ request = function()
   return requests[i]
 end
 """
+_WRK_MISSES = """
+local prefix = os.getenv("BENCH_PREFIX")
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = os.getenv("BENCH_AUTH")}
+local i = -1
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, headers, '{"model": "mock-model", "messages": [{"role": "user", '
+                    .. '"content": "' .. prefix .. i .. '"}]}')
+end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH_SENT %d\\n", i + 1))
+end
+"""
+
+
+def _measure_misses(proxy: Proxy, prefix: str, prompts: list[str], workdir: Path) -> dict[str, Any]:
+    """New prompts for RUN_SECONDS by wrk (or, without wrk, ``prompts`` by the aiohttp loader);
+    ``sent`` is how many prompts went out (numbered from 0), for the hits to replay."""
+    if not shutil.which("wrk"):
+        return {**_measure(proxy, prompts), "generator": "aiohttp", "sent": len(prompts)}
+    got = _wrk(proxy, _WRK_MISSES, {"BENCH_PREFIX": prefix}, workdir / "misses.lua")
+    time.sleep(0.5)  # answers cut off at the end still land in the proxy's cache
+    return got
 
 
 def _measure_hits(proxy: Proxy, prompts: list[str], hits: int, workdir: Path) -> dict[str, Any]:
-    """The cached prompts replayed for HIT_SECONDS by wrk (one thread, 64 keep-alive
-    connections, on the other core), or, without wrk, ``hits`` requests by the aiohttp loader."""
+    """The cached prompts replayed for RUN_SECONDS by wrk, or, without wrk, ``hits`` requests
+    by the aiohttp loader."""
     if not shutil.which("wrk"):
         replay = (prompts * (hits // len(prompts) + 1))[:hits]
         return {**_measure(proxy, replay), "generator": "aiohttp"}
-    script = workdir / "hits.lua"
-    script.write_text(_WRK_SCRIPT)
-    prefix = prompts[0][: -1]  # "proxy bench R question " (prompts end in their index, 0 first)
-    env = {**_environ(), "BENCH_N": str(len(prompts)), "BENCH_PREFIX": prefix,
-           "BENCH_AUTH": f"Bearer {MASTER_KEY}"}
-    command = pinned(["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{HIT_SECONDS}s", "--timeout", "10s",
+    prefix = prompts[0][:-1]  # "proxy bench R question " (prompts end in their index, 0 first)
+    return _wrk(proxy, _WRK_HITS, {"BENCH_N": str(len(prompts)), "BENCH_PREFIX": prefix},
+                workdir / "hits.lua")
+
+
+def _wrk(proxy: Proxy, script_text: str, env: dict[str, str], script: Path) -> dict[str, Any]:
+    """One wrk run (one thread, 64 keep-alive connections, on the other core) against ``proxy``."""
+    script.write_text(script_text)
+    env = {**_environ(), **env, "BENCH_AUTH": f"Bearer {MASTER_KEY}"}
+    command = pinned(["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{RUN_SECONDS}s", "--timeout", "10s",
                       "-s", str(script), proxy.url], server_core())
     start = time.time()
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=False,
-                         timeout=HIT_SECONDS + 60).stdout
+                         timeout=RUN_SECONDS + 60).stdout
     end = time.time()
     time.sleep(0.1)  # one more CPU sample after the window
-    done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    done = re.search(r"(\d+) requests in", out)
     if done is None:
         raise RuntimeError(f"wrk gave no figures: {out[-500:]!r}")
     count = int(done.group(1))
     failed = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     failed += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    sent = re.search(r"BENCH_SENT (\d+)", out)
     a, b = proxy.sampler.cpu_at(start), proxy.sampler.cpu_at(end)
     seconds = end - start
     return {"req_s": count / seconds, "failures": failed, "generator": "wrk",
+            "sent": int(sent.group(1)) if sent else count,
             "cpu_us": None if a is None or b is None else (b - a) / count * 1e6,
             "cpu_share": None if a is None or b is None else (b - a) / seconds}
 
@@ -373,17 +406,21 @@ def _section(figures: dict[tuple[str, str], list[dict[str, Any]]], n: int, n_hit
         targets.append(report.Target(f"8 proxy {workload}", ">= 10x LiteLLM proxy throughput",
                                      f"{times:,.1f}x" if times else "n/a",
                                      None if times is None else times >= 10.0))
-    generator = "wrk (one thread)" if shutil.which("wrk") else "the aiohttp loader (wrk not installed)"
+    if shutil.which("wrk"):
+        load = (f"wrk (one thread, {CONCURRENCY} keep-alive connections) on core 1, for "
+                f"{RUN_SECONDS} s per run. Misses: a new prompt per request, forwarded to the fast "
+                "upstream. Hits: the prompts of the misses replayed")
+    else:
+        load = (f"{CONCURRENCY} keep-alive aiohttp clients on core 1 (wrk not installed). Misses: "
+                f"{n:,} distinct prompts (LiteLLM: {LITELLM_CAP:,}) forwarded to the fast upstream. "
+                f"Hits: {n_hits:,} requests (LiteLLM: {LITELLM_CAP:,}) replaying them")
     return report.Section(
         title="8. Caching proxy: minima_nb vs bare aiohttp.web handlers vs the LiteLLM proxy",
-        about=(f"{CONCURRENCY} concurrent keep-alive clients on loopback. Misses: {n:,} distinct "
-               f"prompts (LiteLLM: {LITELLM_CAP:,}) sent once each by an aiohttp client and "
-               f"forwarded to the fast upstream. Hits: the same prompts replayed from the "
-               f"proxy's cache (LiteLLM: its in-memory cache) for {HIT_SECONDS} s by {generator}, "
-               "with the same body bytes each time, as a re-run sends them. Each server runs "
-               "alone in its own process on core 0; the upstream and the load generator run on "
-               "core 1. CPU is the server process's; 'per core of CPU' is 1 s of CPU divided by "
-               "the CPU per request, the rate the server sustains when it has its core to itself."),
+        about=(f"Load: {load} from the proxy's cache (LiteLLM: its in-memory cache), with the "
+               "same body bytes each time, as a re-run sends them. Each server runs alone in its "
+               "own process on core 0; the upstream and the load generator run on core 1. CPU is "
+               "the server process's; 'per core of CPU' is 1 s of CPU divided by the CPU per "
+               "request, the rate the server sustains when it has its core to itself."),
         header=["server, workload", "req/s", "server CPU / request", "req/s per core of CPU",
                 "server CPU share", "failed"],
         rows=rows,
