@@ -291,16 +291,24 @@ request = function()
 end
 """
 _WRK_MISSES = """
+local threads = {}
+setup = function(thread)
+  table.insert(threads, thread)
+end
 local prefix = os.getenv("BENCH_PREFIX")
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = os.getenv("BENCH_AUTH")}
-local i = -1
+counter = -1  -- a global, so that done() can read it back through the thread
 request = function()
-  i = i + 1
+  counter = counter + 1
   return wrk.format("POST", nil, headers, '{"model": "mock-model", "messages": [{"role": "user", '
-                    .. '"content": "' .. prefix .. i .. '"}]}')
+                    .. '"content": "' .. prefix .. counter .. '"}]}')
 end
 done = function(summary, latency, requests)
-  io.write(string.format("BENCH_SENT %d\\n", i + 1))
+  local sent = 0
+  for _, thread in ipairs(threads) do
+    sent = sent + thread:get("counter") + 1
+  end
+  io.write(string.format("BENCH_SENT %d\\n", sent))
 end
 """
 
