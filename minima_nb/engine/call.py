@@ -50,6 +50,7 @@ class Caller:
             cooldown_floor_s=config.cooldown_floor_s,
             cooldown_cap_s=config.cooldown_cap_s,
             cooldown_halflife_s=config.cooldown_halflife_s,
+            adaptive=config.adaptive_rpm,
             clock=clock,
             sleep=sleep,
         )
@@ -112,8 +113,11 @@ class Caller:
                 if meter is not None:
                     meter.attempt_ended(answered=reply is not None)
         latency = self._clock() - started
-        self.pacer.observe(RateLimitInfo.from_headers(reply.headers))
         status = reply.status
+        info = RateLimitInfo.from_headers(reply.headers)
+        # The status first: a 429's cut is taken from the rate before its headers change it.
+        self.pacer.answered(started, status, stated=info is not None)
+        self.pacer.observe(info)
         try:
             if 200 <= status < 300:
                 return parse_answer(reply.body), latency

@@ -19,6 +19,16 @@ Pacing semantics
   ``time-to-reset / remaining`` apart (no burst), and once as many requests as were remaining have
   started, the next ones wait for the reset. A reported remaining of 0 pauses every start until
   the reset. Once the reset time has passed, the old figures no longer apply: full speed again.
+- **No headers, only 429s.** When pacing is on (``rpm > 0``), every 429 also teaches the
+  :class:`~.adaptive.AdaptiveRate`: the rate is cut under what met the 429 and probed back up
+  after answers without one (AIMD; its docstring has the design). The effective rate is then the
+  lowest of the configured rpm, the server's stated limit and the adaptive rate, and no burst is
+  allowed while the adaptive rate applies.
+- **A stated limit relaxes when the server stops stating it.** A limit read from headers (a 429's
+  included) is dropped after ``RELAX_AFTER`` 2xx answers in a row carry no rate-limit header: a
+  server that paces by headers sends them on every answer, so a limit seen once on a 429 (from a
+  gateway, or a random fault) must not hold the batch down for good. The adaptive rate, which
+  learned from the same 429, then takes over and probes up.
 - **Tokens.** When ``x-ratelimit-limit-tokens`` is known, ``acquire(tokens=n)`` also spaces
   starts so that the estimated tokens per minute stay under it (with a burst of up to
   ``TOKEN_BURST_S`` seconds' worth). When the remaining tokens (minus what was started since the
@@ -54,15 +64,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import ConfigError
+from .adaptive import AdaptiveRate
 from .limits import RateLimitInfo
 
-__all__ = ["TOKEN_BURST_S", "PermitGate", "RatePacer"]
+__all__ = ["RELAX_AFTER", "TOKEN_BURST_S", "PermitGate", "RatePacer"]
 
 _LOW_FRACTION = 0.1
 _LOW_ABSOLUTE = 3
 TOKEN_BURST_S = 6.0  # token pacing lets a tenth of a minute's token budget through at once
 _MAX_BURST = 20
 _WAKE_TOLERANCE_S = 1e-4  # loops may wake a hair early; do not sleep again for crumbs
+RELAX_AFTER = 8  # 2xx answers in a row without rate-limit headers that drop a stated limit
 
 
 # -- the pacer --------------------------------------------------------------------------------
@@ -116,6 +128,7 @@ class RatePacer:
         cooldown_floor_s: float = 0.0,
         cooldown_cap_s: float = 30.0,
         cooldown_halflife_s: float = 20.0,
+        adaptive: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -141,13 +154,17 @@ class RatePacer:
         self._last_start = -math.inf
         self._paused_until = -math.inf  # no start before this: cooldown or exhausted limit
         self._cooldown_until = -math.inf  # the overload part of the pause
-        self._shift_total = 0.0  # sum of every pause's slide; sleepers catch up on waking
-        # (anchor, factor) per lowered rate: booked starts after the anchor were re-spaced by the
-        # factor; sleepers apply the ones made since their booking when they wake.
-        self._stretches: list[tuple[float, float]] = []
+        # Every move of the booked starts, in order: (anchor, factor, shift). A lowered rate
+        # re-spaces starts after the anchor by the factor, a pause slides them all back by the
+        # shift; sleepers apply the moves made since their booking, in the same order, on waking.
+        self._moves: list[tuple[float, float, float]] = []
         self._penalty = 0.0
         self._penalty_at = 0.0
         self._gate: PermitGate | None = None
+        # Learns from 429s only when pacing is on: rpm=0 means "never pace", headers aside.
+        self._adaptive = AdaptiveRate(rpm) if adaptive and rpm > 0 else None
+        self._headerless = 0  # 2xx answers in a row without rate-limit headers
+        self._cut_now = False
 
     def share_budget(self, gate: PermitGate | None) -> None:
         """Also take every start's permit from ``gate`` (None: pace on this pacer alone)."""
@@ -167,15 +184,15 @@ class RatePacer:
         # below must be made at the time the request can really go.
         permitted = await gate.permit() if gate is not None else -math.inf
         start = max(self._reserve(self._clock(), max(0, int(tokens))), permitted)
-        seen, stretched = self._shift_total, len(self._stretches)
+        seen = len(self._moves)
         while True:
-            start += self._shift_total - seen  # a pause began while we slept: move back with the queue
-            seen = self._shift_total
-            for anchor, factor in self._stretches[stretched:]:  # the rate was lowered meanwhile
-                start = _stretched(start, anchor, factor)
-            stretched = len(self._stretches)
+            for anchor, factor, shift in self._moves[seen:]:  # paused or slowed while we slept
+                start = _stretched(start, anchor, factor) + shift
+            seen = len(self._moves)
             wait = start - self._clock()
             if wait <= _WAKE_TOLERANCE_S:
+                if self._adaptive is not None:
+                    self._adaptive.started(self._clock())
                 return max(0.0, self._clock() - began)
             await self._sleep(wait)
 
@@ -219,7 +236,8 @@ class RatePacer:
         return window.remaining <= max(_LOW_ABSOLUTE, _LOW_FRACTION * (self._server_rpm or 0))
 
     def _rate(self) -> float | None:
-        limits = [r for r in (self._rpm, self._server_rpm) if r]
+        learned = self._adaptive.rate if self._adaptive is not None else None
+        limits = [r for r in (self._rpm, self._server_rpm, learned) if r]
         return float(min(limits)) if limits else None
 
     def _interval(self) -> float:
@@ -228,6 +246,8 @@ class RatePacer:
 
     def _tolerance(self, interval: float) -> float:
         """How far ahead of the even schedule a start may be: (burst - 1) intervals."""
+        if self._adaptive is not None and self._adaptive.rate is not None:
+            return 0.0  # the server refused us: its window may be a second long, send no burst
         burst = self._burst or max(1, min(int(60.0 / interval) // 60, _MAX_BURST))
         return (burst - 1) * interval
 
@@ -258,6 +278,26 @@ class RatePacer:
                 if reset_at is not None:
                     self._pause(reset_at, now)
 
+    def answered(self, started_at: float, status: int, *, stated: bool) -> None:
+        """Learn from one answer's status: ``started_at`` is when its attempt started, ``stated``
+        whether it carried rate-limit headers. Call it for every answer, before :meth:`observe`."""
+        now = self._clock()
+        adaptive = self._adaptive
+        if status == 429 and adaptive is not None:
+            before = self._interval()
+            if adaptive.limited(started_at, now, self._rate(), min(now, self._paused_until)):
+                self._cut_now = True  # the cut answers this 429: its cooldown need not grow
+                after = self._interval()
+                if before and after > before:
+                    self._stretch(now, after / before)  # re-space starts booked at the old rate
+        if not 200 <= status < 300:
+            return
+        if adaptive is not None:
+            adaptive.succeeded(started_at, now)
+        self._headerless = 0 if stated else self._headerless + 1
+        if self._headerless >= RELAX_AFTER and (self._server_rpm or self._server_tpm):
+            self._server_rpm = self._server_tpm = None  # said once, never confirmed: not a limit
+
     def overloaded(self, delay_s: float) -> float:
         """Record a 429/503; pause every start until at least ``now + delay_s``; return the end time.
 
@@ -272,11 +312,13 @@ class RatePacer:
             # The same overload reported by other requests that started before the pause.
             end = max(self._cooldown_until, now + delay)
         else:
-            grown = 2.0 * self._decayed_penalty(now)
+            # Repeated overloads double the penalty, unless the adaptive rate was just cut for
+            # this one: the cut is the back-off then (one 429 per probe would grow it for good).
+            grown = (1.0 if self._cut_now else 2.0) * self._decayed_penalty(now)
             self._penalty = min(self._cap, max(self._floor, delay, grown))
             self._penalty_at = now
             end = now + max(delay, self._penalty)
-        self._cooldown_until = end
+        self._cooldown_until, self._cut_now = end, False
         self._pause(end, now)
         return end
 
@@ -286,7 +328,7 @@ class RatePacer:
         if until <= begin:
             return
         shift = until - begin
-        self._shift_total += shift
+        self._moves.append((-math.inf, 1.0, shift))
         interval = self._interval()
         # After the pause the bucket starts empty: even spacing first, burst credit refills later.
         resume = until + (self._tolerance(interval) if interval else 0.0)
@@ -304,7 +346,7 @@ class RatePacer:
         as they were, the old rate would go on until the last of them (a second half of 492 rpm
         against a limit lowered to 300, before this).
         """
-        self._stretches.append((anchor, factor))
+        self._moves.append((anchor, factor, 0.0))
         self._tat = _stretched(self._tat, anchor, factor)
         self._last_start = _stretched(self._last_start, anchor, factor)
 
@@ -341,6 +383,8 @@ class RatePacer:
         details = [f"configured {self._rpm}" if self._rpm else "configured unlimited"]
         if self._server_rpm:
             details.append(f"server limit {self._server_rpm}")
+        if self._adaptive is not None and self._adaptive.rate is not None:
+            details.append(self._adaptive.describe())
         requests, tokens = self._requests, self._tokens
         if requests is not None and (reset_at := requests.active_reset(now)) is not None:
             details.append(_window_text(requests, reset_at, now))
@@ -364,7 +408,7 @@ def _spacing(window: _Window, reset_at: float) -> float:
 
 
 def _stretched(start: float, anchor: float, factor: float) -> float:
-    return anchor + (start - anchor) * factor if start > anchor else start
+    return anchor + (start - anchor) * factor if start > anchor and factor != 1.0 else start
 
 
 def _charge(window: _Window | None, start: float, amount: int) -> None:
