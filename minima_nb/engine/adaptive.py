@@ -13,9 +13,10 @@ Design: AIMD on the send rate, one cut per episode, probing that speeds up
 - **Multiplicative decrease, once per episode.** A 429 for a request *started after* the last
   cut cuts the rate to ``BETA`` (0.9) times the pacing rate, or times the rate really being
   sent when that is well under it (fewer workers than the rate needs: counted from the starts
-  of the last 10 s since the last pause). Once the run is a minute old, the cut also goes no
-  higher than the successes of the last 60 s: a per-minute limit enforced over a whole minute
-  refuses late (only once the window is full), and this count is what it really lets through. 429s of requests that were already in flight at
+  of the last 10 s since the last pause). When the 429 asks for a long wait (``Retry-After`` of
+  10 s or more) and the run is a minute old, the cut also goes no higher than the successes of
+  the last 60 s: a limit enforced over a whole minute refuses late, only once its window is
+  full, and then that count is what it really lets through. 429s of requests that were already in flight at
   the cut answered for the old rate and cut nothing, as TCP cuts once per round trip: with 64
   requests in flight one overshoot would otherwise cut the rate 64 times. The rate before the cut
   is kept as ``peak``: where the server last said no.
@@ -47,13 +48,14 @@ from collections import deque
 __all__ = ["AdaptiveRate"]
 
 BETA = 0.9  # the cut: 10 % under the rate that met a 429
-EPOCH = 30  # successes between two raises
-FIRST_STEP = 0.01  # the first probe above the peak, as a fraction of it
-MAX_STEP = 0.25  # the largest raise per epoch, as a fraction of the peak
+EPOCH = 20  # successes between two raises
+FIRST_STEP = 0.02  # the first probe above the peak, as a fraction of it
+MAX_STEP = 0.32  # the largest raise per epoch, as a fraction of the peak
 FLOOR_FRACTION = 1 / 16
 _METER_S = 10.0  # the send rate is counted over the last 10 s of starts
 _METER_MIN_S = 1.0  # ...but never over less than a second (a burst is not a rate)
 _METER_MIN_STARTS = 5
+_LONG_WAIT_S = 10.0  # a Retry-After this long: a long window is full, count what it let through
 _NOT_BINDING = 0.75  # sending under 3/4 of the pacing rate: cut from what is really sent
 
 
@@ -94,11 +96,12 @@ class AdaptiveRate:
         return len(recent) * 60.0 / span
 
     def limited(self, started_at: float, now: float, pacing_rate: float | None,
-                resumed_at: float = -math.inf) -> bool:
+                resumed_at: float = -math.inf, retry_after: float | None = None) -> bool:
         """A 429 answered a request started at ``started_at``; returns whether the rate was cut.
 
         ``pacing_rate`` is the rate the pacer was pacing at (``None``: unpaced), ``resumed_at``
-        when its last pause ended (the send rate is counted after it).
+        when its last pause ended (the send rate is counted after it), ``retry_after`` the
+        server's wait in seconds if it said one.
         """
         if started_at < self._cut_at:
             return False  # in flight before the last cut: it answers for the old rate
@@ -109,7 +112,7 @@ class AdaptiveRate:
         if not current:
             return False
         cut = BETA * min(current)
-        answered = self._answered_last_minute(now)
+        answered = self._answered_last_minute(now) if (retry_after or 0) >= _LONG_WAIT_S else None
         if answered is not None:
             cut = min(cut, answered)  # a per-minute limit lets about this many through a minute
         self.peak = cut / BETA  # where the limit was met: recovery heads back towards it

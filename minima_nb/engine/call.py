@@ -21,7 +21,7 @@ from .limits import RateLimitInfo
 from .looplocal import LoopLocal
 from .meter import BatchMeter, current_meter
 from .pacer import RatePacer
-from .retry import RetryPolicy, classify_status, redact
+from .retry import RetryPolicy, classify_status, redact, retry_after_seconds
 from .transport import HttpReply, Transport, make_transport
 from .wire import ParsedAnswer, parse_answer
 
@@ -116,7 +116,8 @@ class Caller:
         status = reply.status
         info = RateLimitInfo.from_headers(reply.headers)
         # The status first: a 429's cut is taken from the rate before its headers change it.
-        self.pacer.answered(started, status, stated=info is not None)
+        wait = retry_after_seconds(reply.headers) if status == 429 else None
+        self.pacer.answered(started, status, stated=info is not None, retry_after=wait)
         self.pacer.observe(info)
         try:
             if 200 <= status < 300:

@@ -19,16 +19,13 @@ Pacing semantics
   ``time-to-reset / remaining`` apart (no burst), and once as many requests as were remaining have
   started, the next ones wait for the reset. A reported remaining of 0 pauses every start until
   the reset. Once the reset time has passed, the old figures no longer apply: full speed again.
-- **No headers, only 429s.** When pacing is on (``rpm > 0``), every 429 also teaches the
-  :class:`~.adaptive.AdaptiveRate`: the rate is cut under what met the 429 and probed back up
-  after answers without one (AIMD; its docstring has the design). The effective rate is then the
-  lowest of the configured rpm, the server's stated limit and the adaptive rate, and no burst is
-  allowed while the adaptive rate applies.
-- **A stated limit relaxes when the server stops stating it.** A limit read from headers (a 429's
-  included) is dropped after ``RELAX_AFTER`` 2xx answers in a row carry no rate-limit header: a
-  server that paces by headers sends them on every answer, so a limit seen once on a 429 (from a
-  gateway, or a random fault) must not hold the batch down for good. The adaptive rate, which
-  learned from the same 429, then takes over and probes up.
+- **No headers, only 429s.** With pacing on (``rpm > 0``) every 429 also teaches the
+  :class:`~.adaptive.AdaptiveRate` (AIMD; its docstring has the design), and the rate is the
+  lowest of rpm, the stated limit and the adaptive rate, with no burst while the last applies.
+- **A stated limit relaxes** after ``RELAX_AFTER`` 2xx answers in a row without rate-limit
+  headers: a server that paces by headers sends them on every answer, so a limit seen once on a
+  429 (a gateway's, a random fault's) must not hold the batch down for good; the adaptive rate,
+  which learned from the same 429, takes over and probes up.
 - **Tokens.** When ``x-ratelimit-limit-tokens`` is known, ``acquire(tokens=n)`` also spaces
   starts so that the estimated tokens per minute stay under it (with a burst of up to
   ``TOKEN_BURST_S`` seconds' worth). When the remaining tokens (minus what was started since the
@@ -60,12 +57,12 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveRate
 from .limits import RateLimitInfo
+from .window import Window, charge
 
 __all__ = ["RELAX_AFTER", "TOKEN_BURST_S", "PermitGate", "RatePacer"]
 
@@ -93,23 +90,6 @@ class PermitGate(Protocol):
     def observe(self, info: RateLimitInfo) -> None: ...
 
     def overloaded(self, delay_s: float) -> None: ...
-
-
-@dataclass
-class _Window:
-    """The server's last word on one limit: ``remaining`` until ``reset_at`` (pacer clock time)."""
-
-    remaining: int
-    reset_at: float | None
-    observed_at: float
-    used: int = 0  # requests (or tokens) we started since, before reset_at
-
-    def active_reset(self, now: float) -> float | None:
-        """``reset_at`` while this report still applies (``now`` before it), else ``None``."""
-        return self.reset_at if self.reset_at is not None and now < self.reset_at else None
-
-    def budget(self) -> int:
-        return self.remaining - self.used
 
 
 class RatePacer:
@@ -147,8 +127,8 @@ class RatePacer:
         self._sleep = sleep
         self._server_rpm: int | None = None
         self._server_tpm: int | None = None
-        self._requests: _Window | None = None
-        self._tokens: _Window | None = None
+        self._requests: Window | None = None
+        self._tokens: Window | None = None
         self._tat = -math.inf  # GCRA "theoretical arrival time" of the next request
         self._token_tat = -math.inf  # the same, counted in token-seconds
         self._last_start = -math.inf
@@ -208,8 +188,8 @@ class RatePacer:
             start = max(start, self._token_tat - TOKEN_BURST_S)
             self._token_tat = max(self._token_tat, start) + token_interval
         self._last_start = start
-        _charge(self._requests, start, 1)
-        _charge(self._tokens, start, tokens)
+        charge(self._requests, start, 1)
+        charge(self._tokens, start, tokens)
         return start
 
     def _request_gate(self, now: float) -> float:
@@ -221,7 +201,7 @@ class RatePacer:
         if window.budget() <= 0:
             return reset_at
         if self._is_low(window):
-            return min(self._last_start + _spacing(window, reset_at), reset_at)
+            return min(self._last_start + window.spacing(reset_at), reset_at)
         return now
 
     def _token_gate(self, now: float, tokens: int) -> float:
@@ -232,7 +212,7 @@ class RatePacer:
             return now
         return reset_at if window.budget() < max(tokens, 1) else now
 
-    def _is_low(self, window: _Window) -> bool:
+    def _is_low(self, window: Window) -> bool:
         return window.remaining <= max(_LOW_ABSOLUTE, _LOW_FRACTION * (self._server_rpm or 0))
 
     def _rate(self) -> float | None:
@@ -261,35 +241,33 @@ class RatePacer:
             self._gate.observe(info)
         now = self._clock()
         if info.limit_requests:
-            before = self._interval()
+            before = self._spacing_now()
             self._server_rpm = info.limit_requests  # the latest word, up or down
-            after = self._interval()
-            if before and after > before:
-                self._stretch(now, after / before)
+            self._slow_down(now, before)
         if info.limit_tokens:
             self._server_tpm = info.limit_tokens
         if info.remaining_requests is not None:
-            self._requests = _window(info.remaining_requests, info.reset_requests_s, now)
+            self._requests = Window.reported(info.remaining_requests, info.reset_requests_s, now)
         if info.remaining_tokens is not None:
-            self._tokens = _window(info.remaining_tokens, info.reset_tokens_s, now)
+            self._tokens = Window.reported(info.remaining_tokens, info.reset_tokens_s, now)
         for window in (self._requests, self._tokens):
             if window is not None and window.remaining <= 0:
                 reset_at = window.active_reset(now)
                 if reset_at is not None:
                     self._pause(reset_at, now)
 
-    def answered(self, started_at: float, status: int, *, stated: bool) -> None:
+    def answered(self, started_at: float, status: int, *, stated: bool,
+                 retry_after: float | None = None) -> None:
         """Learn from one answer's status: ``started_at`` is when its attempt started, ``stated``
-        whether it carried rate-limit headers. Call it for every answer, before :meth:`observe`."""
+        whether it carried rate-limit headers, ``retry_after`` a 429's wait. Call it for every
+        answer, before :meth:`observe`."""
         now = self._clock()
         adaptive = self._adaptive
         if status == 429 and adaptive is not None:
-            before = self._interval()
-            if adaptive.limited(started_at, now, self._rate(), min(now, self._paused_until)):
+            before = self._spacing_now()
+            if adaptive.limited(started_at, now, self._rate(), min(now, self._paused_until), retry_after):
                 self._cut_now = True  # the cut answers this 429: its cooldown need not grow
-                after = self._interval()
-                if before and after > before:
-                    self._stretch(now, after / before)  # re-space starts booked at the old rate
+                self._slow_down(now, before)
         if not 200 <= status < 300:
             return
         if adaptive is not None:
@@ -339,15 +317,27 @@ class RatePacer:
             self._last_start += shift
         self._paused_until = until
 
-    def _stretch(self, anchor: float, factor: float) -> None:
-        """Re-space every start booked after ``anchor`` by ``factor`` (> 1): a lowered rate.
+    def _spacing_now(self) -> tuple[float, float]:
+        """(interval, burst tolerance) of the current rate; (0, 0) when unpaced."""
+        interval = self._interval()
+        return interval, self._tolerance(interval) if interval else 0.0
+
+    def _slow_down(self, anchor: float, before: tuple[float, float]) -> None:
+        """Re-space every start booked after ``anchor`` when the rate fell from ``before``.
 
         Up to 64 workers may hold starts booked at the old spacing, several seconds ahead; kept
         as they were, the old rate would go on until the last of them (a second half of 492 rpm
-        against a limit lowered to 300, before this).
+        against a limit lowered to 300, before this). The GCRA clock runs one interval and one
+        burst tolerance past the last booking: it is moved as that booking is, then given the
+        new interval and tolerance, so the new bookings follow the re-spaced ones without a gap.
         """
+        (old, old_tolerance), (new, new_tolerance) = before, self._spacing_now()
+        if not old or new <= old:
+            return
+        factor = new / old
         self._moves.append((anchor, factor, 0.0))
-        self._tat = _stretched(self._tat, anchor, factor)
+        if self._tat > anchor:
+            self._tat = _stretched(self._tat - old - old_tolerance, anchor, factor) + new + new_tolerance
         self._last_start = _stretched(self._last_start, anchor, factor)
 
     def _decayed_penalty(self, now: float) -> float:
@@ -371,7 +361,7 @@ class RatePacer:
         window = self._requests
         reset_at = window.active_reset(self._clock()) if window is not None else None
         if window is not None and reset_at is not None and self._is_low(window):
-            spacing = _spacing(window, reset_at)
+            spacing = window.spacing(reset_at)
             rate = min(rate, 60.0 / spacing) if spacing > 0 else rate
         return None if math.isinf(rate) else rate
 
@@ -387,34 +377,16 @@ class RatePacer:
             details.append(self._adaptive.describe())
         requests, tokens = self._requests, self._tokens
         if requests is not None and (reset_at := requests.active_reset(now)) is not None:
-            details.append(_window_text(requests, reset_at, now))
+            details.append(requests.text(reset_at, now))
         if self._server_tpm:
             details.append(f"token limit {self._server_tpm}/min")
         if tokens is not None and (reset_at := tokens.active_reset(now)) is not None:
-            details.append(_window_text(tokens, reset_at, now, "tokens "))
+            details.append(tokens.text(reset_at, now, "tokens "))
         pause = self.cooldown_remaining()
         if pause > 0:
             details.append(f"paused {pause:.1f}s")
         return f"{head} ({', '.join(details)})"
 
 
-def _window(remaining: int, reset_s: float | None, now: float) -> _Window:
-    return _Window(remaining=remaining, reset_at=None if reset_s is None else now + reset_s, observed_at=now)
-
-
-def _spacing(window: _Window, reset_at: float) -> float:
-    """Even spacing that spreads what remains over the time to the reset (``reset_at``)."""
-    return (reset_at - window.observed_at) / max(window.remaining, 1)
-
-
 def _stretched(start: float, anchor: float, factor: float) -> float:
     return anchor + (start - anchor) * factor if start > anchor and factor != 1.0 else start
-
-
-def _charge(window: _Window | None, start: float, amount: int) -> None:
-    if window is not None and amount and (window.reset_at is None or start < window.reset_at):
-        window.used += amount
-
-
-def _window_text(window: _Window, reset_at: float, now: float, what: str = "") -> str:
-    return f"{window.budget()} {what}remaining, resets in {reset_at - now:.1f}s"
