@@ -35,10 +35,11 @@ def _per_minute(times: list[float], start: float, end: float) -> float:
 
 
 def _reach(ok: list[float], after: float, end: float, goal: float) -> float | None:
-    """Seconds after ``after`` until the 2xx rate over the preceding 10 s is >= ``goal``."""
-    t = after + 1.0
+    """Seconds after ``after`` until the 2xx rate over the preceding 10 s (all of them after
+    ``after``) is >= ``goal``."""
+    t = after + WINDOW_S
     while t <= end:
-        if _per_minute(ok, max(after, t - WINDOW_S), t) >= goal and t - after >= 1.0:
+        if _per_minute(ok, t - WINDOW_S, t) >= goal:
             return t - after
         t += 0.5
     return None

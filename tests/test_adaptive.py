@@ -51,24 +51,35 @@ def test_cut_follows_what_is_really_sent_when_far_under_the_pacing_rate():
     assert rate.rate == pytest.approx(BETA * 120, rel=0.1)
 
 
-def test_recovery_heads_back_to_the_peak_then_probes_above_it_faster_and_faster():
-    """After a cut: back towards where the 429 was met, then 1, 2, 4 ... % steps above it."""
+def test_recovery_heads_back_to_the_peak_holds_then_probes_above_it_faster_and_faster():
+    """After a cut: back towards where the 429 was met, a pause just under it, then 2, 4, 8 ... % steps above."""
     rate = AdaptiveRate(10_000)
     rate.limited(started_at=0.0, now=0.0, pacing_rate=1000.0)
     seen, now = [rate.rate], 1.0
-    for _ in range(14):
+    for _ in range(16):
         for _ in range(EPOCH):
             now += 0.01
             rate.succeeded(now, now)
         seen.append(rate.rate)
     assert seen[0] == pytest.approx(900)
     assert seen[1] == pytest.approx(950)  # half the gap to the peak
-    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
-    above = [r for r in seen if r >= 1000]
-    steps = gaps(above)
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))
+    near = [r for r in seen if 980 <= r <= 1000]
+    assert len(near) >= 2  # held near the peak before probing above it
+    steps = gaps([r for r in seen if r >= 1000])
     assert len(steps) >= 3 and all(b >= a for a, b in zip(steps, steps[1:], strict=False))  # speeding up
     assert steps[2] > steps[0]
     assert seen[-1] > 1500  # a limit that rose is followed up
+
+
+def test_a_429_with_a_long_wait_cuts_to_what_the_server_let_through():
+    """50 answered in the 5 s since the last pause, then "retry after 5 s": about 300 rpm, not 0.9 x 600."""
+    rate = AdaptiveRate(600)
+    for k in range(50):
+        rate.started(10.0 + k * 0.1)
+        rate.succeeded(10.0 + k * 0.1, 10.0 + k * 0.1 + 0.01)
+    assert rate.limited(started_at=14.95, now=15.0, pacing_rate=600.0, resumed_at=10.0, retry_after=5.0)
+    assert rate.rate == pytest.approx(300, rel=0.05)
 
 
 def test_answers_to_requests_sent_before_a_change_do_not_count_towards_the_next_raise():

@@ -6,42 +6,47 @@ from the 429s alone and holds the send rate just under it; the pacer then paces 
 ``min(configured rpm, the server's header limit, the adaptive rate)``. It owns no clock and no
 sleep: the pacer tells it what happened and when.
 
-Design: AIMD on the send rate, one cut per episode, probing that speeds up
---------------------------------------------------------------------------
+Design: AIMD on the send rate, one cut per episode, a hold, then probing that speeds up
+----------------------------------------------------------------------------------------
 - **Inactive until the first 429.** With no 429 seen there is no adaptive limit at all, so a
   server that states its limit in headers is paced exactly as before.
 - **Multiplicative decrease, once per episode.** A 429 for a request *started after* the last
   cut cuts the rate to ``BETA`` (0.9) times the pacing rate, or times the rate really being
-  sent when that is well under it (fewer workers than the rate needs: counted from the starts
-  of the last 10 s since the last pause). When the 429 asks for a long wait (``Retry-After`` of
-  10 s or more) and the run is a minute old, the cut also goes no higher than the successes of
-  the last 60 s: a limit enforced over a whole minute refuses late, only once its window is
-  full, and then that count is what it really lets through. 429s of requests that were already in flight at
-  the cut answered for the old rate and cut nothing, as TCP cuts once per round trip: with 64
-  requests in flight one overshoot would otherwise cut the rate 64 times. The rate before the cut
-  is kept as ``peak``: where the server last said no.
-- **Recovery, then probing.** Every ``EPOCH`` (30) successes of requests started since the last
-  change raise the rate. Below ``peak`` by half the remaining gap (at least 1 % of ``peak``):
-  quickly back to just under the limit, slowly near it. At or above ``peak`` by a step that
-  starts at 1 % of ``peak`` and doubles with each epoch without a 429 (1, 2, 4, 8 ... %, at most
-  ``MAX_STEP``): a limit that is still there is met again after a 1-2 % overshoot, that is one
-  429 per cycle of about 150 answers; a limit that rose is followed up geometrically (about
-  +70 % in 6 epochs).
+  sent when that is well under it (fewer workers than the rate needs; counted from the starts
+  of the last 10 s since the last pause). 429s of requests already in flight at the cut
+  answered for the old rate and cut nothing, as TCP cuts once per round trip: with 64 requests
+  in flight one overshoot would otherwise cut 64 times.
+- **A long wait says how far over we were.** A limit enforced over a window (10 s, a minute)
+  refuses late, once the window is full, and then asks for a long wait. When a 429's
+  ``Retry-After`` is 2 s or more (1 s is often a rounded-up crumb) the cut goes no higher than
+  what the server let through: the successes since the last pause spread over that time plus
+  the wait. That finds the limit in one step where cuts of 10 % would take many cycles of
+  burst and pause.
+- **Recovery, a hold, then probing.** The rate before the cut, ``peak``, is where the server
+  last said no. Every ``EPOCH`` (20) successes of requests started since the last change move
+  the rate: below ``peak`` up by half the remaining gap (at least 2 % of ``peak``), quickly back
+  to just under the limit; within 2 % of it, ``HOLD_EPOCHS`` (2) epochs unchanged; then above it
+  by a step that starts at 2 % of ``peak`` and doubles with each epoch without a 429 (2, 4, 8,
+  16, 32 %, then 32 % each). A limit that is still there is met again after a 2 % overshoot:
+  one 429 per cycle of about 160 answers. A limit that rose is followed up geometrically:
+  +90 % in 6 epochs, about 40 s from 300 to 600 rpm.
 - **Counted in answers, not seconds.** Epochs are counted in successes, so the controller keeps
-  the same pace in requests at every rate (30 answers are 6 s at 300 rpm, 0.3 s at 6,000), and
-  an answer from before the last change says nothing about the new rate.
+  the same pace in requests at every rate (20 answers are 4 s at 300 rpm, 0.2 s at 6,000), and
+  an answer to a request sent before the last change says nothing about the new rate.
 - **A floor.** The rate never goes below ``FLOOR_FRACTION`` of the configured rpm, so 429s that
   have nothing to do with the rate (a flaky gateway) cannot starve a batch; below that floor
   the shared cooldown still spaces the retries.
 
-Holding at ``0.9 x`` to ``1.0 x`` the limit uses about 95 % of it on average. The peer this
-beats, Inspect AI, only backs off on 429 (retries with exponential backoff) and never probes
-back up: a limit that rises is never used. While the adaptive rate is active the pacer allows
-no burst: a server that refuses us may enforce its limit over a window as short as a second.
+Cycling between ``0.9 x`` and ``1.02 x`` the limit, mostly near ``1.0 x``, uses about 95 % of it.
+The peer this beats, Inspect AI, only backs off on 429 (retries with exponential backoff) and
+never probes back up: a limit that rises is never used. While the adaptive rate applies, the
+pacer allows no burst (a server that refuses us may count its limit over a second) and a 429
+that cut the rate pauses every worker for its ``Retry-After`` without growing the cooldown.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -51,11 +56,13 @@ BETA = 0.9  # the cut: 10 % under the rate that met a 429
 EPOCH = 20  # successes between two raises
 FIRST_STEP = 0.02  # the first probe above the peak, as a fraction of it
 MAX_STEP = 0.32  # the largest raise per epoch, as a fraction of the peak
+HOLD_EPOCHS = 2  # epochs held near the peak before the first probe above it
+_NEAR = 0.98  # "near the peak": within 2 % under it
 FLOOR_FRACTION = 1 / 16
 _METER_S = 10.0  # the send rate is counted over the last 10 s of starts
 _METER_MIN_S = 1.0  # ...but never over less than a second (a burst is not a rate)
 _METER_MIN_STARTS = 5
-_LONG_WAIT_S = 10.0  # a Retry-After this long: a long window is full, count what it let through
+_LONG_WAIT_S = 2.0  # a wait this long says a window is full (1 s is often a rounded-up crumb)
 _NOT_BINDING = 0.75  # sending under 3/4 of the pacing rate: cut from what is really sent
 
 
@@ -74,6 +81,7 @@ class AdaptiveRate:
         self._cut_at = -math.inf
         self._successes = 0
         self._step = FIRST_STEP
+        self._hold = HOLD_EPOCHS
         self._starts: deque[float] = deque(maxlen=4096)
         self._answers: deque[float] = deque(maxlen=1 << 16)  # 2xx times, for the last minute's count
         self._first_start = math.inf
@@ -112,23 +120,29 @@ class AdaptiveRate:
         if not current:
             return False
         cut = BETA * min(current)
-        answered = self._answered_last_minute(now) if (retry_after or 0) >= _LONG_WAIT_S else None
-        if answered is not None:
-            cut = min(cut, answered)  # a per-minute limit lets about this many through a minute
+        if retry_after is not None and retry_after >= _LONG_WAIT_S:
+            admitted = self._admitted_rate(now, resumed_at, retry_after)
+            cut = min(cut, admitted) if admitted else cut
         self.peak = cut / BETA  # where the limit was met: recovery heads back towards it
         self.rate = max(self.ceiling * FLOOR_FRACTION, cut)
         self.cuts += 1
         self._cut_at = self._changed_at = now
         self._successes = 0
         self._step = FIRST_STEP
+        self._hold = HOLD_EPOCHS
         return True
 
-    def _answered_last_minute(self, now: float) -> float | None:
-        """Successes in the last 60 s, once the first start is a minute old (else ``None``)."""
+    def _admitted_rate(self, now: float, resumed_at: float, retry_after: float) -> float | None:
+        """What the server let through: the successes since the last pause (at most the last
+        minute), spread over that time plus the wait it now asks for; ``None``: too few to say."""
+        since = max(resumed_at, now - 60.0, self._first_start)
         answers = self._answers
         while answers and answers[0] < now - 60.0:
             answers.popleft()
-        return float(len(answers)) if now - self._first_start >= 60.0 and answers else None
+        admitted = len(answers) - bisect.bisect_left(answers, since)
+        if admitted < _METER_MIN_STARTS or now - since < _METER_MIN_S:
+            return None
+        return admitted * 60.0 / (now - since + max(0.0, retry_after))
 
     def succeeded(self, started_at: float, now: float) -> None:
         """A 2xx answered a request started at ``started_at``: after ``EPOCH`` of them, raise."""
@@ -139,8 +153,10 @@ class AdaptiveRate:
         self._successes += 1
         if self._successes < EPOCH:
             return
-        if rate < self.peak:
-            rate += max((self.peak - rate) / 2, FIRST_STEP * self.peak)
+        if rate < _NEAR * self.peak:
+            rate = min(self.peak, rate + max((self.peak - rate) / 2, FIRST_STEP * self.peak))
+        elif self._hold > 0:
+            self._hold -= 1  # just under where the last 429 came: stay a while before probing
         else:
             rate += self._step * self.peak
             self._step = min(MAX_STEP, self._step * 2)
