@@ -60,10 +60,12 @@ HOLD_EPOCHS = 2  # epochs held near the peak before the first probe above it
 _NEAR = 0.98  # "near the peak": within 2 % under it
 FLOOR_FRACTION = 1 / 16
 _METER_S = 10.0  # the send rate is counted over the last 10 s of starts
-_METER_MIN_S = 1.0  # ...but never over less than a second (a burst is not a rate)
-_METER_MIN_STARTS = 5
+_METER_MIN_S = 2.0  # ...and only once 2 s of them are there (a burst is not a rate)
+_METER_MIN_STARTS = 10
+_MIN_COVER_S = 1.0  # a 429 without Retry-After covers the next second's (windows are rarely shorter)
 _LONG_WAIT_S = 2.0  # a wait this long says a window is full (1 s is often a rounded-up crumb)
-_NOT_BINDING = 0.75  # sending under 3/4 of the pacing rate: cut from what is really sent
+_NOT_BINDING = 0.75  # sending under 3/4 of the pacing rate: the rate is not what limits it
+_USED = 0.9  # a raise needs the last epoch to have sent at 90 % of the rate at least
 
 
 class AdaptiveRate:
@@ -79,6 +81,7 @@ class AdaptiveRate:
         self.cuts = 0
         self._changed_at = -math.inf  # answers to requests started before this are old news
         self._cut_at = -math.inf
+        self._covered_until = -math.inf
         self._successes = 0
         self._step = FIRST_STEP
         self._hold = HOLD_EPOCHS
@@ -98,10 +101,9 @@ class AdaptiveRate:
         while starts and starts[0] < now - _METER_S:
             starts.popleft()
         recent = [t for t in starts if t >= since] if since > -math.inf else list(starts)
-        if len(recent) < _METER_MIN_STARTS:
-            return None
-        span = max(_METER_MIN_S, now - recent[0])
-        return len(recent) * 60.0 / span
+        if len(recent) < _METER_MIN_STARTS or now - recent[0] < _METER_MIN_S:
+            return None  # too few, or too short a time, to call it a rate
+        return len(recent) * 60.0 / (now - recent[0])
 
     def limited(self, started_at: float, now: float, pacing_rate: float | None,
                 resumed_at: float = -math.inf, retry_after: float | None = None) -> bool:
@@ -111,8 +113,12 @@ class AdaptiveRate:
         when its last pause ended (the send rate is counted after it), ``retry_after`` the
         server's wait in seconds if it said one.
         """
-        if started_at < self._cut_at:
-            return False  # in flight before the last cut: it answers for the old rate
+        if self.covers(started_at):
+            self._successes = 0  # the same overshoot: no raise until an epoch is clean of it
+            return False
+        floor = self.ceiling * FLOOR_FRACTION
+        if self.rate is not None and self.rate <= floor:
+            return False  # nothing left to cut: the pacer's cooldown handles the storm
         sent = self.sent_rate(now, resumed_at)
         if pacing_rate and sent and sent > _NOT_BINDING * pacing_rate:
             sent = None  # sending about at the pacing rate: the count is noise, the rate is known
@@ -120,39 +126,53 @@ class AdaptiveRate:
         if not current:
             return False
         cut = BETA * min(current)
-        if retry_after is not None and retry_after >= _LONG_WAIT_S:
-            admitted = self._admitted_rate(now, resumed_at, retry_after)
-            cut = min(cut, admitted) if admitted else cut
+        wait = retry_after if retry_after is not None and retry_after >= _LONG_WAIT_S else 0.0
+        admitted = self._admitted_rate(now, resumed_at, wait)
+        cut = min(cut, admitted) if admitted else cut
         self.peak = cut / BETA  # where the limit was met: recovery heads back towards it
-        self.rate = max(self.ceiling * FLOOR_FRACTION, cut)
+        self.rate = max(floor, cut)
         self.cuts += 1
         self._cut_at = self._changed_at = now
+        # The server's window still holds the excess for about its wait: 429s for requests
+        # sent until then belong to this overshoot too (one cut per window, as TCP's per RTT).
+        self._covered_until = now + max(_MIN_COVER_S, retry_after or 0.0)
         self._successes = 0
         self._step = FIRST_STEP
         self._hold = HOLD_EPOCHS
         return True
 
-    def _admitted_rate(self, now: float, resumed_at: float, retry_after: float) -> float | None:
-        """What the server let through: the successes since the last pause (at most the last
-        minute), spread over that time plus the wait it now asks for; ``None``: too few to say."""
-        since = max(resumed_at, now - 60.0, self._first_start)
+    def _admitted_rate(self, now: float, resumed_at: float, wait: float) -> float | None:
+        """What the server let through: the successes since the last cut or pause (at most the
+        last minute), spread over that time plus ``wait``; ``None``: too few to say."""
+        since = max(resumed_at, now - 60.0, self._first_start, self._cut_at)
         answers = self._answers
         while answers and answers[0] < now - 60.0:
             answers.popleft()
         admitted = len(answers) - bisect.bisect_left(answers, since)
-        if admitted < _METER_MIN_STARTS or now - since < _METER_MIN_S:
+        if admitted < _METER_MIN_STARTS or now - since < _MIN_COVER_S:
             return None
-        return admitted * 60.0 / (now - since + max(0.0, retry_after))
+        return admitted * 60.0 / (now - since + wait)
 
-    def succeeded(self, started_at: float, now: float) -> None:
-        """A 2xx answered a request started at ``started_at``: after ``EPOCH`` of them, raise."""
+    def covers(self, started_at: float) -> bool:
+        """Whether a 429 for a request started at ``started_at`` is part of an overshoot already
+        cut for: sent before the last cut, or before the server's window could drain after it."""
+        return started_at < self._covered_until
+
+    def succeeded(self, started_at: float, now: float) -> bool:
+        """A 2xx answered a request started at ``started_at``: after ``EPOCH`` of them, raise.
+        Returns whether the rate changed."""
         self._answers.append(now)
         rate = self.rate
-        if rate is None or started_at < self._changed_at:
-            return
+        if rate is None or started_at < max(self._changed_at, self._covered_until):
+            return False  # sent before the last change, or while the server held the overshoot
         self._successes += 1
         if self._successes < EPOCH:
-            return
+            return False
+        begun = max(self._changed_at, self._covered_until)
+        sent = len(self._starts) - bisect.bisect_left(self._starts, begun)
+        if now > begun and sent * 60.0 / (now - begun) < _USED * rate:
+            self._successes = 0  # the rate is not what holds the sending back: raising it tests nothing
+            return False
         if rate < _NEAR * self.peak:
             rate = min(self.peak, rate + max((self.peak - rate) / 2, FIRST_STEP * self.peak))
         elif self._hold > 0:
@@ -160,9 +180,10 @@ class AdaptiveRate:
         else:
             rate += self._step * self.peak
             self._step = min(MAX_STEP, self._step * 2)
-        self.rate = min(rate, self.ceiling)
-        self._changed_at = now
-        self._successes = 0
+        rate = min(rate, self.ceiling)
+        changed, self.rate = rate != self.rate, rate
+        self._changed_at, self._successes = now, 0
+        return changed
 
     def describe(self) -> str:
         """A few words for ``RatePacer.describe``, e.g. ``"adaptive 270 after 3 × 429"``."""

@@ -149,8 +149,11 @@ class Caller:
         try:
             if self.policy.is_overload(err):
                 # The shared cooldown makes every worker (this one included) wait in acquire();
-                # sleeping here as well would wait twice for the same signal.
-                self.pacer.overloaded(delay)
+                # sleeping here as well would wait twice for the same signal. Only what the
+                # pacer did not make a shared pause (a probe's 429) is slept here.
+                alone = self.pacer.overloaded(delay) - self._clock() - self.pacer.cooldown_remaining()
+                if alone > 0:
+                    await self._sleep(alone)
             else:
                 await self._sleep(delay)
         finally:

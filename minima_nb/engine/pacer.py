@@ -71,6 +71,8 @@ _LOW_ABSOLUTE = 3
 TOKEN_BURST_S = 6.0  # token pacing lets a tenth of a minute's token budget through at once
 _MAX_BURST = 20
 _WAKE_TOLERANCE_S = 1e-4  # loops may wake a hair early; do not sleep again for crumbs
+_NAP_S = 0.5  # the longest sleep between two looks at the schedule
+_SHORT_WAIT_S = 2.0  # a cut 429 asking less than this pauses only the refused request
 RELAX_AFTER = 8  # 2xx answers in a row without rate-limit headers that drop a stated limit
 
 
@@ -174,7 +176,7 @@ class RatePacer:
                 if self._adaptive is not None:
                     self._adaptive.started(self._clock())
                 return max(0.0, self._clock() - began)
-            await self._sleep(wait)
+            await self._sleep(min(wait, _NAP_S))
 
     def _reserve(self, now: float, tokens: int) -> float:
         """Pick this request's start time and book it; no await, so no lock is needed."""
@@ -243,7 +245,7 @@ class RatePacer:
         if info.limit_requests:
             before = self._spacing_now()
             self._server_rpm = info.limit_requests  # the latest word, up or down
-            self._slow_down(now, before)
+            self._respace(now, before)
         if info.limit_tokens:
             self._server_tpm = info.limit_tokens
         if info.remaining_requests is not None:
@@ -266,37 +268,46 @@ class RatePacer:
         if status == 429 and adaptive is not None:
             before = self._spacing_now()
             if adaptive.limited(started_at, now, self._rate(), min(now, self._paused_until), retry_after):
-                self._cut_now = True  # the cut answers this 429: its cooldown need not grow
-                self._slow_down(now, before)
+                self._respace(now, before)
+                self._cut_now = True  # the cut answers this 429 (see overloaded)
+            else:
+                self._cut_now = adaptive.covers(started_at)  # in flight at the last cut
         if not 200 <= status < 300:
             return
         if adaptive is not None:
-            adaptive.succeeded(started_at, now)
+            before = self._spacing_now()
+            if adaptive.succeeded(started_at, now):
+                self._respace(now, before)  # a raised rate starts now, not after the bookings
         self._headerless = 0 if stated else self._headerless + 1
         if self._headerless >= RELAX_AFTER and (self._server_rpm or self._server_tpm):
             self._server_rpm = self._server_tpm = None  # said once, never confirmed: not a limit
 
     def overloaded(self, delay_s: float) -> float:
-        """Record a 429/503; pause every start until at least ``now + delay_s``; return the end time.
+        """Record a 429/503; return when the refused request may go again (at least ``now + delay_s``).
 
-        ``delay_s`` is the caller's intended wait (a capped Retry-After, or its backoff); the
-        caller then waits in :meth:`acquire`, not on top of it.
+        Every start pauses until then (``delay_s`` is the caller's intended wait, a capped
+        Retry-After or its backoff; the caller waits in :meth:`acquire`, not on top of it). But
+        when the adaptive rate already answered this 429 (it cut the rate for it, or for the
+        overshoot it was part of) and the wait is short, only the refused request waits: the
+        caller sleeps until the returned time beyond the pause (:meth:`cooldown_remaining`).
         """
         now = self._clock()
         delay = delay_s if delay_s > 0 else 0.0  # also turns NaN into 0
         if self._gate is not None:
             self._gate.overloaded(delay)
-        if now < self._cooldown_until:
-            # The same overload reported by other requests that started before the pause.
+        answered, self._cut_now = self._cut_now, False
+        if answered and delay < _SHORT_WAIT_S:
+            return now + delay  # a probe met the limit; the slower rate is the back-off
+        if answered or now < self._cooldown_until:
+            # A long wait after a cut, or the same overload reported by other requests that
+            # started before the pause: extend the pause to this wait, never add to it.
             end = max(self._cooldown_until, now + delay)
         else:
-            # Repeated overloads double the penalty, unless the adaptive rate was just cut for
-            # this one: the cut is the back-off then (one 429 per probe would grow it for good).
-            grown = (1.0 if self._cut_now else 2.0) * self._decayed_penalty(now)
+            grown = 2.0 * self._decayed_penalty(now)
             self._penalty = min(self._cap, max(self._floor, delay, grown))
             self._penalty_at = now
             end = now + max(delay, self._penalty)
-        self._cooldown_until, self._cut_now = end, False
+        self._cooldown_until = end
         self._pause(end, now)
         return end
 
@@ -322,17 +333,19 @@ class RatePacer:
         interval = self._interval()
         return interval, self._tolerance(interval) if interval else 0.0
 
-    def _slow_down(self, anchor: float, before: tuple[float, float]) -> None:
-        """Re-space every start booked after ``anchor`` when the rate fell from ``before``.
+    def _respace(self, anchor: float, before: tuple[float, float]) -> None:
+        """Re-space every start booked after ``anchor`` when the rate changed from ``before``.
 
         Up to 64 workers may hold starts booked at the old spacing, several seconds ahead; kept
         as they were, the old rate would go on until the last of them (a second half of 492 rpm
-        against a limit lowered to 300, before this). The GCRA clock runs one interval and one
-        burst tolerance past the last booking: it is moved as that booking is, then given the
-        new interval and tolerance, so the new bookings follow the re-spaced ones without a gap.
+        against a limit lowered to 300, before this; a raised adaptive rate tested seconds late).
+        The GCRA clock runs one interval and one burst tolerance past the last booking: it is
+        moved as that booking is, then given the new interval and tolerance, so the new bookings
+        follow the re-spaced ones without a gap. Sleepers nap at most ``_NAP_S`` so that they
+        see a move to an earlier start in time.
         """
         (old, old_tolerance), (new, new_tolerance) = before, self._spacing_now()
-        if not old or new <= old:
+        if not old or not new or new == old:
             return
         factor = new / old
         self._moves.append((anchor, factor, 0.0))
