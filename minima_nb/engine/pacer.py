@@ -35,10 +35,13 @@ Pacing semantics
   doubles a penalty (up to ``cooldown_cap_s``), which halves every ``cooldown_halflife_s`` and
   never goes below ``cooldown_floor_s``. Overloads that arrive during a cooldown come from
   requests started before it; they only extend it to their own ``now + delay``, never add to it.
-  The caller must not also sleep ``delay``: ``acquire()`` waits out the cooldown.
+  The caller must not also sleep ``delay``: ``acquire()`` waits out the cooldown. A 429 the
+  adaptive rate answered (a cut, or the overshoot of one) never grows the penalty, and with a
+  wait under ``_SHORT_WAIT_S`` pauses only the refused request (the caller sleeps the rest).
 - **Pauses slide the queue.** Requests already waiting for a slot when a pause begins keep their
   order and spacing and move back by the pause's length, instead of all starting at once when it
-  ends; after a pause the bucket starts empty (no burst) and refills while idle.
+  ends; after a pause the bucket starts empty (no burst) and refills while idle. A changed rate
+  re-spaces the booked starts the same way, in order with the pauses.
 
 - **A shared budget.** ``share_budget(gate)`` adds a :class:`PermitGate`: a budget shared with
   other processes (the Dask integration's global RPM). Every start then also waits for a permit
@@ -71,6 +74,7 @@ _LOW_ABSOLUTE = 3
 TOKEN_BURST_S = 6.0  # token pacing lets a tenth of a minute's token budget through at once
 _MAX_BURST = 20
 _WAKE_TOLERANCE_S = 1e-4  # loops may wake a hair early; do not sleep again for crumbs
+_MIN_GAP = 0.9  # least real gap between two starts while the adaptive rate applies, in intervals
 _NAP_S = 0.5  # the longest sleep between two looks at the schedule
 _SHORT_WAIT_S = 2.0  # a cut 429 asking less than this pauses only the refused request
 RELAX_AFTER = 8  # 2xx answers in a row without rate-limit headers that drop a stated limit
@@ -147,6 +151,7 @@ class RatePacer:
         self._adaptive = AdaptiveRate(rpm) if adaptive and rpm > 0 else None
         self._headerless = 0  # 2xx answers in a row without rate-limit headers
         self._cut_now = False
+        self._sent = -math.inf  # when the last request really started
 
     def share_budget(self, gate: PermitGate | None) -> None:
         """Also take every start's permit from ``gate`` (None: pace on this pacer alone)."""
@@ -172,10 +177,16 @@ class RatePacer:
                 start = _stretched(start, anchor, factor) + shift
             seen = len(self._moves)
             wait = start - self._clock()
+            if wait <= _WAKE_TOLERANCE_S and self._adaptive is not None and self._adaptive.rate:
+                # Sleepers a busy loop woke late would go out together: under a server that
+                # refuses us, keep real starts apart too (0.9 intervals: a little catching up).
+                wait = self._sent + _MIN_GAP * self._interval() - self._clock()
+                start = self._clock() + wait
             if wait <= _WAKE_TOLERANCE_S:
+                self._sent = self._clock()
                 if self._adaptive is not None:
-                    self._adaptive.started(self._clock())
-                return max(0.0, self._clock() - began)
+                    self._adaptive.started(self._sent)
+                return max(0.0, self._sent - began)
             await self._sleep(min(wait, _NAP_S))
 
     def _reserve(self, now: float, tokens: int) -> float:
