@@ -65,7 +65,7 @@ _METER_MIN_STARTS = 10
 _MIN_COVER_S = 1.0  # a 429 without Retry-After covers the next second's (windows are rarely shorter)
 _LONG_WAIT_S = 2.0  # a wait this long says a window is full (1 s is often a rounded-up crumb)
 _NOT_BINDING = 0.75  # sending under 3/4 of the pacing rate: the rate is not what limits it
-_USED = 0.9  # a raise needs the last epoch to have sent at 90 % of the rate at least
+_USED = 0.75  # a raise needs the last epoch to have sent at 3/4 of the rate at least
 
 
 class AdaptiveRate:
