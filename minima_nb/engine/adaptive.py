@@ -10,17 +10,19 @@ Design: AIMD on the send rate, one cut per episode, a hold, then probing that sp
 ----------------------------------------------------------------------------------------
 - **Inactive until the first 429.** With no 429 seen there is no adaptive limit at all, so a
   server that states its limit in headers is paced exactly as before.
-- **Multiplicative decrease, once per episode.** A 429 for a request *started after* the last
-  cut cuts the rate to ``BETA`` (0.9) times the pacing rate, or times the rate really being
-  sent when that is well under it (fewer workers than the rate needs; counted from the starts
-  of the last 10 s since the last pause). 429s of requests already in flight at the cut
-  answered for the old rate and cut nothing, as TCP cuts once per round trip: with 64 requests
-  in flight one overshoot would otherwise cut 64 times.
-- **A long wait says how far over we were.** A limit enforced over a window (10 s, a minute)
-  refuses late, once the window is full, and then asks for a long wait. When a 429's
-  ``Retry-After`` is 2 s or more (1 s is often a rounded-up crumb) the cut goes no higher than
-  what the server let through: the successes since the last pause spread over that time plus
-  the wait. That finds the limit in one step where cuts of 10 % would take many cycles of
+- **Multiplicative decrease, once per overshoot.** A 429 cuts the rate to ``BETA`` (0.9) times
+  the pacing rate, or times the rate really being sent when that is well under it (fewer
+  workers than the rate needs; counted from the starts of the last 10 s since the last pause).
+  The server's window still holds the excess for a while after the cut: 429s for requests sent
+  before the cut, or until its ``Retry-After`` (at least 1 s) has passed, belong to the same
+  overshoot and cut nothing, as TCP cuts once per round trip (with 64 requests in flight one
+  overshoot would otherwise cut the rate 64 times).
+- **What the server let through bounds the cut.** The successes since the last cut or pause,
+  spread over that time, are what the limit admitted; when 429s go on after a cut, the next cut
+  goes no lower than needed and no higher than that. A limit enforced over a long window
+  (10 s, a minute) refuses late, once the window is full, and then asks for a long wait: when
+  ``Retry-After`` is 2 s or more (1 s is often a rounded-up crumb) the wait is added to that
+  time. That finds the limit in one or two steps where cuts of 10 % would take many cycles of
   burst and pause.
 - **Recovery, a hold, then probing.** The rate before the cut, ``peak``, is where the server
   last said no. Every ``EPOCH`` (20) successes of requests started since the last change move
@@ -30,6 +32,9 @@ Design: AIMD on the send rate, one cut per episode, a hold, then probing that sp
   16, 32 %, then 32 % each). A limit that is still there is met again after a 2 % overshoot:
   one 429 per cycle of about 160 answers. A limit that rose is followed up geometrically:
   +90 % in 6 epochs, about 40 s from 300 to 600 rpm.
+- **Only a rate in use is raised.** A raise needs the last epoch to have sent at 3/4 of the
+  rate at least: when the workers, the CPU or the latency hold the sending back, raising the
+  rate would test nothing and only overshoot later.
 - **Counted in answers, not seconds.** Epochs are counted in successes, so the controller keeps
   the same pace in requests at every rate (20 answers are 4 s at 300 rpm, 0.2 s at 6,000), and
   an answer to a request sent before the last change says nothing about the new rate.
@@ -40,8 +45,10 @@ Design: AIMD on the send rate, one cut per episode, a hold, then probing that sp
 Cycling between ``0.9 x`` and ``1.02 x`` the limit, mostly near ``1.0 x``, uses about 95 % of it.
 The peer this beats, Inspect AI, only backs off on 429 (retries with exponential backoff) and
 never probes back up: a limit that rises is never used. While the adaptive rate applies, the
-pacer allows no burst (a server that refuses us may count its limit over a second) and a 429
-that cut the rate pauses every worker for its ``Retry-After`` without growing the cooldown.
+pacer allows no burst (a server that refuses us may count its limit over a second; real starts
+stay 0.9 intervals apart even when a busy loop wakes sleepers late), and a 429 this class
+answered never grows the shared cooldown: with a wait under 2 s only the refused request waits
+(the cut is the back-off), with a longer one every worker pauses for it.
 """
 
 from __future__ import annotations
