@@ -164,11 +164,25 @@ def eval_sweep() -> list:
             "MODELS"
         ),
         new_markdown_cell(
-            "## The sweep\n\nEvery row under every combination of the grid: one long frame with "
-            "the original row label, the grid values and the details columns."
+            "## What will the sweep cost?\n\n`estimate` takes the sweep's grid and sends nothing: "
+            "every (row, combination) pair, those already cached, the tokens and the cost range "
+            "at your prices (per million tokens)."
         ),
         new_code_cell(
-            "runs = qa.minima.sweep(JUDGE, model=MODELS, temperature=[0.0, 0.7], max_tokens=64)\n"
+            'PRICE = {"input": 0.15, "output": 0.60}\n'
+            "est = qa.minima.estimate(JUDGE, model=MODELS, temperature=[0.0, 0.7], max_tokens=64,\n"
+            "                         price=PRICE)\n"
+            "print(est)"
+        ),
+        new_markdown_cell(
+            "## The sweep\n\nEvery row under every combination of the grid: one long frame with "
+            "the original row label, the grid values and the details columns. `max_cost` stops it "
+            "before the spend would pass the cap (`BudgetExceeded`, with every answer kept); under "
+            "the bar, the last answers name their judge setting."
+        ),
+        new_code_cell(
+            "runs = qa.minima.sweep(JUDGE, model=MODELS, temperature=[0.0, 0.7], max_tokens=64,\n"
+            "                       max_cost=0.50, price=PRICE)\n"
             'runs["verdict"] = runs["text"].str.extract(r"\\b(CORRECT|INCORRECT)\\b", expand=False)\n'
             'runs["correct"] = runs["verdict"].eq("CORRECT").astype("Float64")\n'
             "print(runs.shape)\n"
@@ -302,8 +316,18 @@ def dspy_judge() -> list:
             "qa"
         ),
         new_markdown_cell(
+            "## What will it cost?\n\n`estimate` takes the program: DSPy formats each row's "
+            "prompt as it would send it, and nothing is sent."
+        ),
+        new_code_cell(
+            'est = qa.minima.estimate(dspy.ChainOfThought(Judge), price={"input": 0.15, "output": 0.60})\n'
+            "print(est)"
+        ),
+        new_markdown_cell(
             "## Judge every row\n\nOne row per input row, one column per output field "
-            "(`reasoning` comes from ChainOfThought). The bar is the same as `generate`'s."
+            "(`reasoning` comes from ChainOfThought). The bar is the same as `generate`'s; under it, "
+            "the last rows' input and output fields. `max_cost=` / `max_tokens_total=` cap the "
+            "spend as in `generate`."
         ),
         new_code_cell(
             "judged = qa.minima.predict(dspy.ChainOfThought(Judge))\n"

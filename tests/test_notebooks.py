@@ -37,6 +37,8 @@ CELL_TIMEOUT_S = 60
 # The cluster-wide bar of minima_nb.dask counts rows from the workers' events and shows no
 # preview of answers (the answers stay on the workers until the compute returns).
 NO_PREVIEW = {"06_dask.ipynb"}
+# What the preview's lines start with where it is not generate's "✓ <prompt> → <answer>".
+PREVIEW_LINES = {"02_eval_sweep.ipynb": "✓ [model=mock-model", "04_dspy_judge.ipynb": "✓ question: "}
 CHECKS = {
     "05_batch_jobs.ipynb": (
         'assert again.equals(df["answer"]) and server.requests_total == 0\n'
@@ -61,6 +63,7 @@ CHECKS = {
     ),
     "02_eval_sweep.ipynb": (
         "assert len(runs) == len(qa) * len(MODELS) * 2\n"
+        "assert (est.rows, est.cached, est.to_send) == (len(runs), 0, len(runs))\n"
         'assert {"row", "model", "temperature", "max_tokens", "text", "error"} <= set(runs.columns)\n'
         'assert runs["error"].isna().all()\n'
         "assert wide.shape == (len(qa), len(MODELS) * 2)\n"
@@ -77,7 +80,7 @@ CHECKS = {
         'assert judged.index.equals(qa.index) and str(judged["score"].dtype) == "Float64"\n'
         'assert set(judged["verdict"].dropna()) <= {"correct", "incorrect"}\n'
         'assert details["cached"].all() and details["error"].isna().all()\n'
-        'assert len(quick) == len(qa)\n'
+        'assert len(quick) == len(qa) and (est.rows, est.cached, est.to_send) == (5, 0, 5)\n'
         'print("dspy judge ok")'
     ),
     # 06 closes its cluster and server in its last cell: what they gave is checked from the
@@ -163,10 +166,13 @@ def test_notebook_runs_clean_with_full_progress_bars(name, kernel_env, tmp_path)
     previews = [m["value"] for m in _widget_models(nb, "HTMLModel") if "<pre" in m.get("value", "")]
     if name not in NO_PREVIEW:
         assert previews and all("✓ " in value for value in previews)
-    # The final lines count requests actually sent and make up no rate.
+        assert any(PREVIEW_LINES.get(name, "✓ ") in value for value in previews)
+    # The final lines count requests actually sent and make up no rate: each is measured over
+    # its whole call (rows/s), tok/s only where tokens came back.
     postfixes = [m["value"].replace("\u2007", " ") for m in _widget_models(nb, "HTMLModel")
                  if "requests" in m.get("value", "")]
     assert postfixes and not any("? tok/s" in p for p in postfixes)
+    assert all("rows/s" in p for p in postfixes), postfixes
 
 
 def test_quickstart_shows_typed_answers_the_estimate_and_a_cached_rerun(kernel_env, tmp_path):
@@ -182,8 +188,9 @@ def test_quickstart_shows_typed_answers_the_estimate_and_a_cached_rerun(kernel_e
     assert "'score': Int64Dtype()" in _text(typed_cell.outputs)
     postfixes = [m["value"].replace("\u2007", " ") for m in _widget_models(nb, "HTMLModel")
                  if "requests" in m.get("value", "")]
-    # the cached re-run (third call): 50 rows from the cache, not one request
-    assert any("cached 50" in p and "0 requests" in p for p in postfixes)
+    # the cached re-run (third call): 50 rows from the cache, not one request, and its rows/s
+    rerun = [p for p in postfixes if "cached 50, failed 0, 0 requests" in p]
+    assert rerun and all(p.endswith(" rows/s]") and "tok/s" not in p for p in rerun)
 
 
 def test_committed_notebooks_are_unexecuted_and_match_builder():

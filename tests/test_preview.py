@@ -40,7 +40,8 @@ def test_a_cached_run_shows_no_requests_and_no_made_up_rates():
     sink.update(BatchSnapshot(total=50, done=50, cached=50, sent=0, elapsed_s=0.004, rpm=37e6))
     sink.close("done")
     text = sink.bar.final_text()
-    assert "cached 50" in text and "0 requests" in text and "50 rows in 0.00s" in text
+    # the final line measures the whole (short) run: its rows/s, no request rate, no tok/s
+    assert "cached 50, failed 0, 0 requests, 12,500 rows/s" in text
     assert "req/min" not in text and "tok/s" not in text
 
 
@@ -138,3 +139,37 @@ def test_the_widget_shows_spend_against_the_cap(srv, tmp_path):
         close_backend(backend)
     shown = sink.bar.container.children[2].value.replace("\u2007", " ")  # tqdm's figure spaces
     assert "spent $0.0000 of $1.00" in shown
+
+
+def test_a_cached_rerun_ends_with_zero_requests_and_its_rows_per_second(srv, tmp_path, capsys):
+    """Over a real socket and cache: the re-run's final line (widget and text) is measured, not made up."""
+    backend = make_backend(srv, tmp_path / "cache")
+    try:
+        df = pd.DataFrame({"prompt": [f"cached question {i}" for i in range(50)]})
+        df.minima.generate("prompt", backend=backend, progress=False)
+        srv.reset_counts()
+        sink = NotebookSink(tqdm_cls=notebook_tqdm)
+        df.minima.generate("prompt", backend=backend, progress=sink)
+        df.minima.generate("prompt", backend=backend, progress="text")
+    finally:
+        close_backend(backend)
+    assert srv.requests_total == 0
+    final = sink.bar.container.children[2].value.replace("\u2007", " ")
+    assert "cached 50, failed 0, 0 requests, " in final and final.endswith(" rows/s]")
+    assert "tok/s" not in final and "req/min" not in final
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("minima: done 50/50 in ") and " rows/s (50 cached, 0 failed, 0 sent" in line
+
+
+def test_a_typed_call_previews_its_fields_not_the_raw_json(srv, tmp_path):
+    backend = make_backend(srv, tmp_path / "cache")
+    schema = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "integer"}},
+              "required": ["label", "score"]}
+    try:
+        sink = NotebookSink(tqdm_cls=notebook_tqdm)
+        pd.DataFrame({"prompt": ["grade a", "grade b"]}).minima.generate(
+            "prompt", backend=backend, progress=sink, schema=schema)
+    finally:
+        close_backend(backend)
+    value = sink.preview.widget.value
+    assert "✓ grade a → label: " in value and " · score: " in value and "{" not in value

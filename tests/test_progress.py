@@ -182,7 +182,7 @@ def test_summary_line_done():
     )
     sink.close("done")
     assert lines(stream) == [
-        "minima: done 500/500 in 12.3s (480 cached, 2 failed, 20 sent, 1,234 tokens in / 5,678 out)"
+        "minima: done 500/500 in 12.3s, 41 rows/s (480 cached, 2 failed, 20 sent, 1,234 tokens in / 5,678 out)"
     ]
 
 
@@ -192,7 +192,7 @@ def test_summary_line_aborted_names_status_and_error():
     sink.update(BatchSnapshot(total=500, done=120, failed=25, elapsed_s=75.0, last_error="401"))
     sink.close("aborted")
     (line,) = lines(stream)
-    assert line.startswith("job: aborted at 120/500 after 0:01:15 (")
+    assert line.startswith("job: aborted at 120/500 after 0:01:15, 2 rows/s (")
     assert line.endswith("last error: 401")
 
 

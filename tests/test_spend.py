@@ -91,3 +91,23 @@ def test_the_cap_stops_within_one_wave_and_keeps_every_answer(srv, llm, kind):
 def test_max_cost_needs_a_price(llm):
     with pytest.raises(ConfigError, match="price="):
         _frame(2).minima.generate("prompt", backend=llm, max_cost=1.0, progress=False)
+
+
+def test_agenerate_and_the_series_accessor_take_the_cap(srv, llm):
+    import asyncio
+
+    df = _frame(60)
+    cap = 10 * (6 + 8)
+
+    async def cell():
+        return await df.minima.agenerate("prompt", backend=llm, progress=False, max_tokens_total=cap)
+
+    with pytest.raises(BudgetExceeded) as caught:
+        asyncio.run(cell())
+    assert _usage(caught.value.partial) <= cap and len(caught.value.partial) == 60
+    with pytest.raises(BudgetExceeded) as caught:
+        df["prompt"].minima.generate(backend=llm, progress=False, max_cost=2 * cap / 1e6,
+                                     price={"input": 1.0, "output": 1.0})
+    partial = caught.value.partial  # the first call's answers came from the cache, unbilled
+    assert _usage(partial[~partial["cached"].fillna(False)]) <= 2 * cap
+    assert int(partial["cached"].sum()) >= 10 and int(partial["text"].notna().sum()) < 60

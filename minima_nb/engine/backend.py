@@ -1,9 +1,10 @@
 """``OpenAIMinimaLlm``: one request through cache → pacing → retry → transport, and batches of them.
 
-The backend is thin glue, and the one place where the engine meets the prompt cache. It owns a
-:class:`~.call.Caller` (transport, pacer, retry policy: the wire side) and the prompt cache
-(keys, lookups, stored answers). It can be used from several event loops one after another:
-everything loop-bound is created lazily per loop.
+The backend is thin glue, and (with :mod:`.backend_cache`, its cache side: keys, lookups,
+stored answers) the one place where the engine meets the prompt cache. It owns a
+:class:`~.call.Caller` (transport, pacer, retry policy: the wire side) and the prompt cache.
+It can be used from several event loops one after another: everything loop-bound is created
+lazily per loop.
 
 ``generate`` never raises for a failed call: it returns a :class:`MinimaLlmFailure`. It raises
 only for programming errors (a malformed message list, a wrong argument type).
@@ -13,18 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function
+from ..cache import cache_key
 from ..config import MinimaLlmConfig
 from ..controls import debug_trace_enabled, get_retry_seed, set_last_cached, trace_exchange
 from ..errors import BatchAborted, CallError
 from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse, MinimaLlmResult, Usage
+from .backend_cache import CacheSide
 from .call import Caller
 from .pacer import RatePacer
 from .pool import ProgressArg, run_batched_callable
@@ -32,12 +33,12 @@ from .pulse import BackendPulse
 from .spellings import PredecessorSpellings
 from .transport import Transport
 from .validation import send_checked
-from .wire import ParsedAnswer, build_payload, check_messages, encode
+from .wire import build_payload, check_messages, encode
 
 CHARS_PER_TOKEN = 4  # rough prompt-size estimate for tokens-per-minute pacing
 
 
-class OpenAIMinimaLlm(PredecessorSpellings):
+class OpenAIMinimaLlm(CacheSide, PredecessorSpellings):
     """Async backend for any OpenAI-compatible chat-completions endpoint.
 
     ``config`` defaults to :meth:`MinimaLlmConfig.from_env`. Pass ``client=httpx.AsyncClient(...)``
@@ -57,20 +58,11 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         self.config = config = config if config is not None else MinimaLlmConfig.from_env()
         self._caller = Caller(config, client=client, transport=transport, clock=clock,
                               sleep=sleep, rng=rng)
-        self._cache = PromptCache(config.cache_dir) if config.cache_dir else None
-        self._tracer = KeyTracer(config.trace_file) if config.trace_file else None
-        # A miss also looks in minima-llm's table, under model synonyms and in lookup caches.
-        self._adoption = Adoption.for_config(self._cache, config)
+        self._open_cache(config)  # the cache side's state: backend_cache.py
         self._refresh_rounds: dict[str, int] = {}
-        self._params_spelled: dict[tuple[Any, ...], str] = {}
         self._pulse = BackendPulse()
 
     # -- public API ------------------------------------------------------------------------------
-
-    @property
-    def cache(self) -> PromptCache | None:
-        """The prompt cache, or ``None`` when ``cache_dir`` is not set."""
-        return self._cache
 
     @property
     def pacer(self) -> RatePacer:
@@ -97,43 +89,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
                                              key, include_raw, source)
         set_last_cached(False)
         return await self._call(request, model, key, refresh, include_raw)
-
-    def lookup(
-        self,
-        prompts: Sequence[Any],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        extra: Mapping[str, Any] | None = None,
-        text_only: bool = False,
-    ) -> list[Any]:
-        """The cached answer of each prompt (a chat message list, or None), sending nothing.
-
-        Per prompt, the stored row ``(text, input_tokens, output_tokens, finish_reason,
-        latency_s, model, key)`` (just the text with ``text_only=True``), or None for a miss,
-        a None prompt, no cache, or force refresh in the config. All prompts share the request
-        fields given (``model`` defaults to the configured one). This is the bulk path of a
-        cached re-run: no object is made per row. Only hits are counted in
-        :meth:`cache_stats`; a miss is counted once, when :meth:`run_batched` looks it up
-        again just before sending it.
-        """
-        if self._cache is None or self.config.force_refresh:
-            return [None] * len(prompts)
-        key_of = key_function(model or self.config.model, temperature, max_tokens, extra,
-                              self.config.cache_namespace)
-        keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
-        read = self._cache.get_texts if text_only else self._cache.get_many_rows
-        found = read((k for k in keys if k is not None), count_misses=False)
-        self._pulse.record_hits(len(found))
-        if self._adoption is not None and len(found) < len(keys):
-            name = model or self.config.model
-            adopted = self._adoption.find([Wanted(k, name, p, temperature, max_tokens, extra)
-                                           for k, p in zip(keys, prompts, strict=True) if k is not None and k not in found])
-            found.update({k: row[0] if text_only else row for k, (row, _) in adopted.items()})  # type: ignore[misc]
-            for _, source in adopted.values():
-                self._pulse.record_hits(1, source)
-        return [None if key is None else found.get(key) for key in keys]
 
     async def run_batched(
         self,
@@ -207,14 +162,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         by_key.update({keys[i]: r for i, r in zip(todo, answers, strict=True)})
         return _spread(by_key, keys, requests)
 
-    def cache_stats(self) -> dict[str, Any]:
-        """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
-        return self._cache.stats() if self._cache is not None else {}
-
-    def _adopt(self, requests: Sequence[MinimaLlmRequest], models: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
-        """Misses answered by minima-llm's table, synonyms or lookup caches (cache/adoption.py)."""
-        return self._adoption.find_requests(requests, models, keys) if self._adoption is not None else {}
-
     async def aclose(self) -> None:
         """Close this loop's HTTP pool and commit pending cache rows; the backend stays usable."""
         await self._caller.aclose()
@@ -237,73 +184,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
         )
 
     # -- internals -------------------------------------------------------------------------------
-
-    def _key(self, request: MinimaLlmRequest, model: str) -> str | None:
-        if self._cache is None:
-            return None
-        return self._traced(*cache_key(
-            model, request.messages, request.temperature, request.max_tokens, request.extra,
-            self.config.cache_namespace,
-        ))
-
-    def _traced(self, key: str, canonical: str) -> str:
-        if self._tracer is not None:
-            self._tracer.trace(key, canonical)
-        return key
-
-    def _keys(self, requests: Sequence[MinimaLlmRequest], models: list[str]) -> list[str]:
-        """Each request's cache key; without a cache, the same key minus the namespace (its
-        identity for de-duplication). Requests sharing their fields share one key function."""
-        cached = self._cache is not None
-        namespace = self.config.cache_namespace if cached else None
-        key_functions: dict[tuple[Any, ...], Callable[[Any], tuple[str, str]]] = {}
-        keys = []
-        for request, model in zip(requests, models, strict=True):
-            t, m = request.temperature, request.max_tokens
-            fields = _memo_key(model, t, m, id(request.extra))  # requests keep extra alive
-            key_of = key_functions.get(fields) if fields is not None else None
-            if key_of is None:
-                key_of = key_function(model, t, m, request.extra, namespace)
-                if fields is not None:
-                    key_functions[fields] = key_of
-            key, canonical = key_of(request.messages)
-            keys.append(self._traced(key, canonical) if cached else key)
-        return keys
-
-    async def _bulk_lookup(self, cache: PromptCache, keys: list[str]) -> dict[str, tuple[Any, ...]]:
-        # Large lookups leave the loop thread; small ones are cheaper than a thread hop.
-        if len(keys) <= 64:
-            return cache.get_many_rows(keys)
-        return await asyncio.to_thread(cache.get_many_rows, keys)
-
-    def _from_cache(
-        self, request: MinimaLlmRequest, hit: CachedAnswer, key: str, include_raw: bool
-    ) -> MinimaLlmResponse:
-        return self._cached_response(
-            request.request_id, hit.text, hit.input_tokens, hit.output_tokens, hit.finish_reason,
-            hit.latency_s, hit.model, key, include_raw,
-        )
-
-    def _cached_response(
-        self, request_id: str, text: str, input_tokens: int | None, output_tokens: int | None,
-        finish_reason: str | None, latency_s: float | None, model: str | None, key: str,
-        include_raw: bool, source: str = "primary",
-    ) -> MinimaLlmResponse:
-        # Only cache hits get here, so the cache is there; the check is for the type checker.
-        raw = self._cache.get_raw(key) if include_raw and self._cache is not None else None
-        self._pulse.record_hits(1, source)
-        return MinimaLlmResponse(
-            request_id=request_id,
-            text=text,
-            cached=True,
-            usage=Usage(input_tokens, output_tokens),
-            finish_reason=finish_reason,
-            latency_s=latency_s,
-            attempts=0,
-            model=model,
-            raw=raw,
-            cache_source=source,
-        )
 
     def _payload(self, request: MinimaLlmRequest, model: str, key: str | None, refresh: bool) -> bytes:
         refresh_round = None
@@ -347,44 +227,6 @@ class OpenAIMinimaLlm(PredecessorSpellings):
             model=answer.model or model,
             raw=answer.raw if include_raw else None,
         )
-
-    def _store(
-        self, cache: PromptCache, key: str, request: MinimaLlmRequest, model: str,
-        answer: ParsedAnswer, latency: float,
-    ) -> None:
-        params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
-        cache.put_fields(
-            key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
-            answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
-            output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,
-            created_at=time.time(), raw_json=answer.raw_json, params_json=self._params_json(params),
-        )
-
-    def _params_json(self, params: dict[str, Any]) -> str | None:
-        """The stored JSON of ``params`` when ``extra`` is None, made once per (temperature, max_tokens)."""
-        if params["extra"] is not None:
-            return None  # the cache encodes it
-        fields = _memo_key(params["temperature"], params["max_tokens"])
-        if fields is None:
-            return None
-        spelled = self._params_spelled.get(fields)
-        if spelled is None:
-            if len(self._params_spelled) >= 64:  # NaN never equals itself: keep the memo bounded
-                self._params_spelled.clear()
-            spelled = self._params_spelled[fields] = json.dumps(params, ensure_ascii=False)
-        return spelled
-
-
-def _memo_key(*values: Any) -> tuple[Any, ...] | None:
-    """``values`` with their types, to key a memo of what they are spelled as; None when one
-    cannot key a dict (a mistaken list as a temperature). Types too: True == 1 in a tuple, but
-    JSON spells them apart."""
-    key = (*map(type, values), *values)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
 
 
 def _dedupe_key(request: MinimaLlmRequest, model: str) -> str:

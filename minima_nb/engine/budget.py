@@ -4,8 +4,8 @@
 :class:`SpendCap` around its batch (:func:`capped`). Before a worker takes its next row, the
 pool asks :meth:`SpendCap.refusal`: the usage billed so far (the tokens of every answer
 received, refused schema answers included) plus what the rows already taken but unanswered will
-cost, plus this row, must stay within the cap. A row's cost is the mean of the answers so far,
-or the caller's first guess before the first answer. Once refused, no new row is taken; the
+cost, plus this row, must stay within the cap. A row's cost is the mean of the rows answered so
+far (all their calls and re-asks), or the caller's first guess before the first answer. Once refused, no new row is taken; the
 batch ends with :class:`~minima_nb.errors.BudgetExceeded`, with every answered row in it and
 in the cache. At most one wave of requests (those in flight) is past the check.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
@@ -54,15 +54,28 @@ class SpendCap:
         """The cost of that many tokens at this cap's prices."""
         return (input_tokens * self.price_in + output_tokens * self.price_out) / PER_MILLION
 
+    def less(self, input_tokens: int, output_tokens: int) -> SpendCap:
+        """This cap with that usage already spent (a later round of the same call)."""
+        return replace(
+            self,
+            max_cost=None if self.max_cost is None else self.max_cost - self.cost(input_tokens, output_tokens),
+            max_tokens_total=None if self.max_tokens_total is None else
+            self.max_tokens_total - input_tokens - output_tokens)
+
     def spent(self, input_tokens: int, output_tokens: int) -> str:
         """Spend so far against the cap, for the progress display."""
         if self.max_cost is not None:
             return f"spent ${self.cost(input_tokens, output_tokens):,.4f} of ${self.max_cost:,.2f}"
         return f"tokens {input_tokens + output_tokens:,} of {self.max_tokens_total or 0:,}"
 
-    def refusal(self, meter: BatchMeter, pending_rows: int) -> str | None:
-        """Why the next row must not be taken (None: take it); ``pending_rows`` are taken, unanswered."""
-        answers = meter.latency_n
+    def refusal(self, meter: BatchMeter, pending_rows: int, billed_rows: int = 0) -> str | None:
+        """Why the next row must not be taken (None: take it); ``pending_rows`` are taken, unanswered.
+
+        A row's usage is the mean over the ``billed_rows`` answered so far (a row of a DSPy
+        module may make several calls, and a re-asked schema answer bills twice), else over
+        the answers received (a row still running), else the caller's guess.
+        """
+        answers = billed_rows or meter.latency_n
         per_in = meter.input_tokens / answers if answers else self.guess_in
         per_out = meter.output_tokens / answers if answers else self.guess_out
         coming = pending_rows + 1

@@ -89,12 +89,13 @@ class _Pool(Generic[T, R]):
         self.abort_reason: str | None = None
         self.abort_type: type[BatchAborted] = BatchAborted
         self.cap = current_cap.get()  # a spend cap set around this batch (generate(max_cost=))
+        self.billed = 0  # items answered by the server (not the cache, not failed): the cap's mean
 
     async def worker(self) -> None:
         current_meter.set(self.meter)  # this task's own context copy
         while self.abort_reason is None and self.next_index < len(self.items):
             if self.cap is not None:
-                refusal = self.cap.refusal(self.meter, self.next_index - self.finished)
+                refusal = self.cap.refusal(self.meter, self.next_index - self.finished, self.billed)
                 if refusal is not None:
                     self.abort_reason, self.abort_type = refusal, BudgetExceeded
                     break
@@ -109,6 +110,7 @@ class _Pool(Generic[T, R]):
         rows = self.weights[index] if self.weights is not None else 1
         failed = isinstance(result, MinimaLlmFailure)
         cached = bool(getattr(result, "cached", False))
+        self.billed += not (cached or failed)
         for _ in range(rows):
             self.meter.row_finished(cached=cached, failed=failed, error=result.message if failed else None)
         self.meter.preview(str(getattr(result, "request_id", index)), getattr(result, "text", None),

@@ -225,6 +225,8 @@ class TextSink(SnapshotSink):
         )
         progress = f"{snapshot.done:,}/{snapshot.total:,}"
         elapsed = _short_duration(snapshot.elapsed_s)
+        if snapshot.elapsed_s > 0:  # over the whole run: a measurement, not an extrapolation
+            elapsed += f", {snapshot.done / snapshot.elapsed_s:,.0f} rows/s"
         if status == "done":
             line = f"{self.label}: done {progress} in {elapsed} {counts}"
             show_error = snapshot.failed > 0

@@ -23,16 +23,12 @@ import pandas as pd
 
 from . import session
 from .jobs import DETAIL_DTYPES, MISSING_PROMPT, Generation, collection_paused
+from .options import SPEND_OPTIONS, answer_schema, call_params, is_grid, split_options
 from .prompts import check_system, column_slots, frame_slots
-from .schema import AnswerSchema
 from .spend import SpendEstimate, attach_cap, estimate
 from .sweep import Sweep
 
 __all__ = ["DETAIL_DTYPES", "MISSING_PROMPT", "MinimaFrameAccessor", "MinimaSeriesAccessor"]
-
-
-def _schema(schema: Any, mode: str) -> AnswerSchema | None:
-    return None if schema is None else AnswerSchema(schema, mode)
 
 
 def _warn(message: str | None) -> None:
@@ -70,15 +66,6 @@ def _submit_batch(job: Generation, backend: Any, *, details: bool, force_refresh
 # -- the accessors ----------------------------------------------------------------------------
 
 
-def _call_params(
-    model: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    return {"model": model, "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
-
-
 @pd.api.extensions.register_dataframe_accessor("minima")
 class MinimaFrameAccessor:
     """``df.minima``: run a column of prompts (or a template over the rows) through an LLM.
@@ -97,7 +84,7 @@ class MinimaFrameAccessor:
         with collection_paused():
             slots, default_name = frame_slots(self._obj, prompt, system)
         return Generation(slots, self._obj.index, default_name if name is None else name, params,
-                          _schema(schema, schema_mode))
+                          answer_schema(schema, schema_mode))
 
     def generate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                  model: str | None = None, temperature: float | None = None,
@@ -147,7 +134,7 @@ class MinimaFrameAccessor:
         >>> df.minima.generate("Summarise: {text}", system="Be brief.", details=True)  # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra), schema,
+                               call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
         attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
         job.preview = preview
@@ -178,91 +165,152 @@ class MinimaFrameAccessor:
         >>> job = df.minima.submit("prompt", prefix="run-7")                      # doctest: +SKIP
         >>> df["answer"] = job.wait().result()                                   # doctest: +SKIP
         """
-        job = self._generation(prompt, system, name, _call_params(model, temperature, max_tokens, extra))
+        job = self._generation(prompt, system, name, call_params(model, temperature, max_tokens, extra))
         return _submit_batch(job, backend, details=details, force_refresh=False, prefix=prefix,
                                  on_interrupt=on_interrupt)
 
-    def estimate(self, prompt: str, *, backend: Any = None, system: str | None = None,
-                 model: str | None = None, temperature: float | None = None,
-                 max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
-                 schema: Any = None, schema_mode: str = "json",
-                 price: Mapping[str, float] | None = None,
-                 tokenizer: str = "auto") -> SpendEstimate:
-        """What :meth:`generate` with these arguments would send and cost; sends nothing.
+    def estimate(self, prompt: Any, *, backend: Any = None, system: str | None = None,
+                 model: Any = None, temperature: Any = None, max_tokens: Any = None,
+                 extra: Mapping[str, Any] | None = None, schema: Any = None,
+                 schema_mode: str = "json", price: Mapping[str, float] | None = None,
+                 tokenizer: str = "auto", inputs: Mapping[str, str] | None = None,
+                 **grid: Any) -> SpendEstimate:
+        """What a call with these arguments would send and cost; sends nothing.
 
-        Rows, distinct prompts, how many are already cached (read from the cache), how many
+        Give it the arguments of the call you mean to make: ``generate``'s, or a sweep's grid
+        (a list for ``model``/``temperature``/``max_tokens``, or any other grid key, as in
+        :meth:`sweep`), or a DSPy program (and ``inputs=``) for :meth:`predict`, whose prompts
+        DSPy formats here exactly as it would send them (``dspy.Predict`` and
+        ``dspy.ChainOfThought`` only: other modules' calls are known only by running them).
+
+        Rows, distinct requests, how many are already cached (read from the cache), how many
         would be sent, their input tokens (tiktoken when installed with its encoding on disk,
-        else 4 characters per token), the expected output tokens (the mean of this model's
+        else 4 characters per token), the expected output tokens (the mean of each model's
         cached answers, and ``max_tokens`` as the ceiling) and, with ``price={"input": 0.15,
         "output": 0.60}`` (per million tokens), the cost range.
 
         >>> print(df.minima.estimate("prompt", max_tokens=200, price={"input": 0.15, "output": 0.6}))  # doctest: +SKIP
+        >>> df.minima.estimate("prompt", model=["a", "b"], temperature=[0, 0.7])  # a sweep  # doctest: +SKIP
         """
-        job = self._generation(prompt, system, None,
-                               _call_params(model, temperature, max_tokens, extra), schema,
-                               schema_mode)
+        if not isinstance(prompt, str) and callable(getattr(prompt, "acall", None)):
+            from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+            if grid or any(v is not None for v in (system, model, temperature, max_tokens, extra, schema)):
+                raise TypeError("estimate(program) takes predict()'s arguments (inputs=, price=, "
+                                "tokenizer=): the program's signature and LM settings make its prompts")
+            return PredictJob(self._obj, program=prompt, inputs=inputs, backend=backend,
+                              force_refresh=False).estimate(price, tokenizer)
+        if inputs is not None:
+            raise TypeError("inputs= names a DSPy program's input columns: pass the program itself")
         backend = session.get_backend() if backend is None else backend
+        job: Generation | Sweep
+        if grid or any(is_grid(v) for v in (model, temperature, max_tokens)):
+            named = {"model": model, "temperature": temperature, "max_tokens": max_tokens}
+            grid = {**dict(extra or {}), **{k: v for k, v in named.items() if v is not None}, **grid}
+            job = self._sweep(prompt, system, backend, grid, schema, schema_mode)
+        else:
+            job = self._generation(prompt, system, None,
+                                   call_params(model, temperature, max_tokens, extra), schema,
+                                   schema_mode)
         hits = job.lookup(backend, False, text_only=True)
-        return estimate(backend, job.slots, hits, job.params, price, tokenizer)
+        return estimate(backend, job.spend_groups(hits), price, tokenizer)
+
+    def _sweep(self, prompt: str, system: str | None, backend: Any, grid: dict[str, Any],
+               schema: Any, schema_mode: str) -> Sweep:
+        with collection_paused():
+            row_slots, _ = frame_slots(self._obj, prompt, system)
+        model = getattr(getattr(backend, "config", None), "model", None)
+        return Sweep(self._obj, row_slots, grid, model, answer_schema(schema, schema_mode))
 
     async def agenerate(self, prompt: str, *, backend: Any = None, system: str | None = None,
                         model: str | None = None, temperature: float | None = None,
                         max_tokens: int | None = None, extra: Mapping[str, Any] | None = None,
                         details: bool = False, progress: Any = True,
                         force_refresh: bool = False, name: Hashable | None = None,
-                        schema: Any = None, schema_mode: str = "json") -> pd.Series | pd.DataFrame:
+                        schema: Any = None, schema_mode: str = "json",
+                        max_cost: float | None = None, price: Mapping[str, float] | None = None,
+                        max_tokens_total: int | None = None,
+                        preview: bool = True) -> pd.Series | pd.DataFrame:
         """:meth:`generate` on the caller's event loop: ``out = await df.minima.agenerate("prompt")``.
 
-        Same arguments and results. In a notebook prefer the sync :meth:`generate`: a cell that
-        awaits cannot be interrupted until the work ends (ipykernel issue 881).
+        Same arguments and results (live requests only). In a notebook prefer the sync
+        :meth:`generate`: a cell that awaits cannot be interrupted until the work ends
+        (ipykernel issue 881).
 
         >>> answers = await df.minima.agenerate("prompt", progress=False)        # doctest: +SKIP
         """
         job = self._generation(prompt, system, name,
-                               _call_params(model, temperature, max_tokens, extra), schema,
+                               call_params(model, temperature, max_tokens, extra), schema,
                                schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         value, warning = await job.arun(backend, details=details, progress=progress,
                                         force_refresh=force_refresh)
         _warn(warning)
         return value
 
     def predict(self, program: Any, *, inputs: Mapping[str, str] | None = None, details: bool = False,
-                progress: Any = True, backend: Any = None, force_refresh: bool = False) -> pd.DataFrame:
+                progress: Any = True, backend: Any = None, force_refresh: bool = False,
+                max_cost: float | None = None, price: Mapping[str, float] | None = None,
+                max_tokens_total: int | None = None, preview: bool = True,
+                schema: Any = None) -> pd.DataFrame:
         """Run a DSPy program on every row; a DataFrame with one column per output field.
 
         ``program`` is any DSPy module (``dspy.Predict(Sig)``, ``dspy.ChainOfThought(Sig)``, your
         own). Its input fields come from the same-named columns, or ``inputs={"field": "column"}``.
-        All rows run as one batch on the engine, with the progress display of :meth:`generate`.
-        A row that fails is ``<NA>`` (one warning counts them); ``details=True`` adds ``cached``,
-        ``error``, ``attempts``, ``input_tokens`` and ``output_tokens``. Every LM call is cached,
-        so running the same call again sends nothing. Needs ``pip install 'minima-nb[dspy]'``.
+        All rows run as one batch on the engine, with the progress display of :meth:`generate`
+        (its preview shows each row's input and output fields). A row that fails is ``<NA>``
+        (one warning counts them); ``details=True`` adds ``cached``, ``error``, ``attempts``,
+        ``input_tokens`` and ``output_tokens``. Every LM call is cached, so running the same call
+        again sends nothing. ``max_cost``/``price``/``max_tokens_total`` cap the spend as in
+        :meth:`generate` (``BudgetExceeded`` with ``exc.partial``); ``df.minima.estimate(program)``
+        says what it would cost first. The signature types the outputs, so there is no
+        ``schema=``. Needs ``pip install 'minima-nb[dspy]'``.
 
         >>> out = df.minima.predict(dspy.ChainOfThought("question -> answer"))  # doctest: +SKIP
         """
-        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
-
-        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job = self._predict_job(program, inputs, backend, force_refresh, schema, max_cost, price,
+                                max_tokens_total, preview)
         value, warning = job.run(details=details, progress=progress)
         _warn(warning)
         return value
 
     async def apredict(self, program: Any, *, inputs: Mapping[str, str] | None = None,
                        details: bool = False, progress: Any = True, backend: Any = None,
-                       force_refresh: bool = False) -> pd.DataFrame:
+                       force_refresh: bool = False, max_cost: float | None = None,
+                       price: Mapping[str, float] | None = None,
+                       max_tokens_total: int | None = None, preview: bool = True,
+                       schema: Any = None) -> pd.DataFrame:
         """:meth:`predict`, awaitable: ``out = await df.minima.apredict(program)``.
 
         >>> out = await df.minima.apredict(dspy.Predict("question -> answer"))  # doctest: +SKIP
         """
-        from ..integrations.dspy.frame import PredictJob
-
-        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job = self._predict_job(program, inputs, backend, force_refresh, schema, max_cost, price,
+                                max_tokens_total, preview)
         value, warning = await job.arun(details=details, progress=progress)
         _warn(warning)
         return value
 
+    def _predict_job(self, program: Any, inputs: Mapping[str, str] | None, backend: Any,
+                     force_refresh: bool, schema: Any, max_cost: float | None,
+                     price: Mapping[str, float] | None, max_tokens_total: int | None,
+                     preview: bool) -> Any:
+        if schema is not None:
+            raise TypeError("predict() takes no schema=: the DSPy signature types the outputs "
+                            "(declare them, e.g. `score: float = dspy.OutputField()`). For typed "
+                            "answers to a plain prompt use df.minima.generate(prompt, schema=...)")
+        from ..integrations.dspy.frame import PredictJob  # DSPy loads only when asked for
+
+        job = PredictJob(self._obj, program, inputs, backend, force_refresh)
+        job.limit(max_cost, max_tokens_total, price)
+        job.preview = preview
+        return job
+
     def sweep(self, prompt: str, *, backend: Any = None, system: str | None = None,
               progress: Any = True, force_refresh: bool = False, schema: Any = None,
-              schema_mode: str = "json", **grid: Any) -> pd.DataFrame:
+              schema_mode: str = "json", max_cost: float | None = None,
+              price: Mapping[str, float] | None = None, max_tokens_total: int | None = None,
+              preview: bool = True, **grid: Any) -> pd.DataFrame:
         """Answer every row under every combination of the ``grid``; one long DataFrame.
 
         Grid keys ``model``, ``temperature`` and ``max_tokens`` set those request fields; any
@@ -272,14 +320,19 @@ class MinimaFrameAccessor:
         backend's when not swept), the other grid keys, the typed columns of ``schema`` (as in
         :meth:`generate`) when given, then the ``details=True`` columns.
 
+        ``max_cost``/``price``/``max_tokens_total`` cap the whole sweep's spend as in
+        :meth:`generate` (``BudgetExceeded``; ``exc.partial`` is this long frame with every
+        answered pair, all cached); ``df.minima.estimate`` with the same grid says what it
+        would cost first. ``preview=False`` hides the last answers under the notebook bar.
+
         >>> runs = df.minima.sweep("prompt", model=["a", "b"], temperature=[0, 0.7])  # doctest: +SKIP
         >>> runs.pivot_table(index="row", columns=["model", "temperature"],
         ...                  values="text", aggfunc="first")                    # doctest: +SKIP
         """
         backend = session.get_backend() if backend is None else backend
-        row_slots, _ = frame_slots(self._obj, prompt, system)
-        model = getattr(getattr(backend, "config", None), "model", None)
-        job = Sweep(self._obj, row_slots, grid, model, _schema(schema, schema_mode))
+        job = self._sweep(prompt, system, backend, grid, schema, schema_mode)
+        attach_cap(job, backend, max_cost, max_tokens_total, price, force_refresh)
+        job.preview = preview
         value, _ = job.run(backend, details=True, progress=progress, force_refresh=force_refresh)
         return value
 
@@ -295,15 +348,19 @@ class MinimaSeriesAccessor:
         self._obj = pandas_obj
 
     def _generation(self, options: dict[str, Any]) -> tuple[Generation, dict[str, Any]]:
-        params, run_options = _split_options(options)
+        params, run_options = split_options(options)
         system, name = check_system(params.pop("system")), params.pop("name")
-        schema = _schema(params.pop("schema"), params.pop("schema_mode"))
+        schema = answer_schema(params.pop("schema"), params.pop("schema_mode"))
+        spend = {key: params.pop(key) for key in SPEND_OPTIONS}
         series = self._obj
         column = "<series>" if series.name is None else series.name
         with collection_paused():
             slots = column_slots(series.tolist(), series.index, column, system)
-        return Generation(slots, series.index, series.name if name is None else name,
-                           params, schema), run_options
+        job = Generation(slots, series.index, series.name if name is None else name, params, schema)
+        attach_cap(job, run_options["backend"], spend["max_cost"], spend["max_tokens_total"],
+                   spend["price"], run_options["force_refresh"])
+        job.preview = spend["preview"]
+        return job, run_options
 
     def generate(self, **options: Any) -> pd.Series | pd.DataFrame:
         """Answer each value (a string or a chat message list); see ``DataFrame.minima.generate``.
@@ -324,17 +381,3 @@ class MinimaSeriesAccessor:
         value, warning = await job.arun(**run_options)
         _warn(warning)
         return value
-
-
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(request and naming options, run options) from ``generate``'s keyword arguments."""
-    run = {"backend": None, "details": False, "progress": True, "force_refresh": False}
-    params = {"system": None, "name": None, "schema": None, "schema_mode": "json",
-              **_call_params(None, None, None, None)}
-    unknown = sorted(set(options) - set(run) - set(params))
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword argument(s) {unknown}; "
-                        f"known: {sorted({*run, *params})}")
-    for key, value in options.items():
-        (run if key in run else params)[key] = value
-    return params, run

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..engine.progress import make_sink
 from ..errors import BatchAborted
-from ..types import BatchSnapshot, MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
+from ..types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 from . import session
-from .preview import prompt_resolver
+from .batchrun import arun_batch, run_batch
+from .preview import prompt_resolver, typed_answer
 from .prompts import Messages
 from .schema import AnswerSchema
 from .typed import typed_result
@@ -127,100 +128,6 @@ def _spread(results: Sequence[Any], positions: Sequence[int], into: list[Any]) -
     return into
 
 
-class _CloseOnCaller:
-    """Passes snapshots through, but keeps ``close()`` for the caller's thread.
-
-    The batch closes its sink on the loop thread; a notebook bar created or finished there
-    could be shown in another cell, so the status is recorded and :meth:`finish` closes the
-    real sink from the thread that waits for the batch.
-    """
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.status: str | None = None
-        self.updated = False
-
-    def update(self, snapshot: BatchSnapshot) -> None:
-        self.updated = True
-        self.sink.update(snapshot)
-
-    def draw(self) -> None:
-        self.sink.draw()
-
-    def close(self, status: str = "done") -> None:
-        self.status = status
-
-    def finish(self, fallback: str) -> None:
-        if self.status is not None or self.updated:  # nothing shown yet: show nothing
-            self.sink.draw()
-            self.sink.close(self.status or fallback)
-
-
-def _sink(backend: Any, progress: Any, label: str) -> Any:
-    batch = getattr(getattr(backend, "config", None), "batch", None)
-    timing = {"heartbeat_s": batch.heartbeat_s, "stall_s": batch.stall_s} if batch else {}
-    return make_sink(progress, label=label, **timing)
-
-
-def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_rows: int) -> dict[str, Any]:
-    """``run_batched``'s keyword arguments for one call."""
-    options = {"force_refresh": force_refresh, "progress": sink, "draw_in_loop": draw_in_loop}
-    if cached_rows:  # only a backend with lookup() answered rows itself; others need not know it
-        options["cached_rows"] = cached_rows
-    return options
-
-
-def _run(
-    backend: Any,
-    requests: Sequence[MinimaLlmRequest],
-    *,
-    progress: Any,
-    force_refresh: bool,
-    label: str,
-    cached_rows: int,
-    guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
-    setup: Callable[[Any], Any] = lambda sink: sink,
-) -> list[Any]:
-    """Run one batch from sync code (a script or a kernel cell), drawing on this thread.
-
-    ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it);
-    ``setup`` prepares the sink (its preview and notes)."""
-    sink = _CloseOnCaller(setup(_sink(backend, progress, label)))
-    status = "error"  # the batch's own closing status wins; this is for when it never closed
-    try:
-        from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
-
-        batch = guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, False,
-                                                                     cached_rows)))
-        results = run_sync(batch, on_poll=sink.draw)
-        status = "done"
-        return results
-    except BatchAborted:
-        status = "aborted"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        sink.finish(status)
-
-
-async def _arun(
-    backend: Any,
-    requests: Sequence[MinimaLlmRequest],
-    *,
-    progress: Any,
-    force_refresh: bool,
-    label: str,
-    cached_rows: int,
-    guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
-    setup: Callable[[Any], Any] = lambda sink: sink,
-) -> list[Any]:
-    sink = setup(_sink(backend, progress, label))
-    return await guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, True,
-                                                                       cached_rows)))
-
-
 def _note_partial(exc: BatchAborted, partial: pd.DataFrame) -> None:
     exc.partial = partial
     if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
@@ -249,8 +156,14 @@ class _Job:
             cap = self.cap
             note = None if cap is None else (
                 lambda snapshot: cap.spent(snapshot.input_tokens, snapshot.output_tokens))
-            configure(preview=self.preview, prompt_of=prompt_resolver(self.slots), note=note)
+            answer_of = None if self.schema is None else typed_answer(self.schema.parse)
+            configure(preview=self.preview, prompt_of=self.preview_prompt(), note=note,
+                      answer_of=answer_of)
         return sink
+
+    def preview_prompt(self) -> Callable[[str], str]:
+        """``request_id`` -> the prompt the preview shows for it."""
+        return prompt_resolver(self.slots)
 
     def __init__(
         self, slots: list[Messages | None], params_of: Callable[[int], dict[str, Any]]
@@ -277,6 +190,10 @@ class _Job:
     def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
         """Per slot, its cached row (or text) when answered without sending, else None."""
         return [None] * len(self.slots)
+
+    def spend_groups(self, hits: list[Any]) -> list[tuple[list[Any], list[Any], dict[str, Any]]]:
+        """The slots as groups sharing their request fields, for the estimate: (slots, hits, fields)."""
+        return [(self.slots, hits, self.params_of(0))]
 
     def _requests(self, positions: Sequence[int]) -> list[MinimaLlmRequest]:
         """A request per position; ``positions`` name only slots with messages (``_prepare``)."""
@@ -317,12 +234,13 @@ class _Job:
     ) -> tuple[Any, str | None]:
         if all(messages is None for messages in self.slots):  # no backend, no network, no bar
             return self.shape([None] * len(self.slots), details)
+        started = time.monotonic()
         backend = session.get_backend() if backend is None else backend
         hits, positions, requests, cached = self._prepare(backend, force_refresh, details)
         try:
-            answers = _run(backend, requests, progress=progress, force_refresh=force_refresh,
+            answers = run_batch(backend, requests, progress=progress, force_refresh=force_refresh,
                            label=self.label, cached_rows=cached, guard=self.guard,
-                           setup=self.setup_sink)
+                           setup=self.setup_sink, started=started)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -333,6 +251,7 @@ class _Job:
     ) -> tuple[Any, str | None]:
         if all(messages is None for messages in self.slots):
             return self.shape([None] * len(self.slots), details)
+        started = time.monotonic()
         backend = session.get_backend() if backend is None else backend
         # Off the caller's loop: a large lookup reads SQLite for a while.
         import asyncio  # loaded on first use, like the engine: keeps `import minima_nb` cheap
@@ -340,9 +259,9 @@ class _Job:
         hits, positions, requests, cached = await asyncio.to_thread(self._prepare, backend, force_refresh,
                                                                      details)
         try:
-            answers = await _arun(backend, requests, progress=progress, force_refresh=force_refresh,
+            answers = await arun_batch(backend, requests, progress=progress, force_refresh=force_refresh,
                                   label=self.label, cached_rows=cached, guard=self.guard,
-                                  setup=self.setup_sink)
+                                  setup=self.setup_sink, started=started)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise

@@ -16,14 +16,15 @@ with ``details=True`` the per-row ``cached``, ``error``, ``attempts`` and token 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from ..errors import BatchAborted
 from ..types import MinimaLlmFailure
-from .jobs import _CloseOnCaller, _sink
+from .batchrun import CloseOnCaller, sink_for
+from .preview import fields_line
 
 __all__ = ["ROW_DETAIL_DTYPES", "RowOutputs", "arun_rows", "outputs_frame", "run_rows"]
 
@@ -36,35 +37,55 @@ RowFn = Callable[[Any], Awaitable[Any]]
 
 
 class RowOutputs(dict[str, Any]):
-    """A row's output values; ``cached`` (every LM call answered from the cache) drives progress."""
+    """A row's output values; ``cached`` (every LM call answered from the cache) drives progress.
 
-    def __init__(self, *args: Any, cached: bool = False, **kwargs: Any) -> None:
+    ``request_id`` and ``text`` (the values on one line) are what the batch keeps of its last
+    rows for the live preview.
+    """
+
+    def __init__(self, *args: Any, cached: bool = False, request_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cached = cached
+        if request_id is not None:
+            self.request_id = request_id
+
+    @property
+    def text(self) -> str:
+        """The output values on one line, for the preview."""
+        return fields_line(self)
 
 
-def _batch(backend: Any, items: Sequence[Any], row_fn: RowFn, sink: Any, label: str) -> Any:
+Guard = Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]]
+
+
+def _batch(backend: Any, items: Sequence[Any], row_fn: RowFn, sink: Any, label: str,
+           guard: Guard | None) -> Any:
     from ..engine.pool import run_batched_callable  # the engine loads on first use
 
     config = getattr(backend, "config", None)
     batch = getattr(config, "batch", None)
     workers = getattr(config, "max_outstanding", None)
-    return run_batched_callable(items, row_fn, batch_config=batch, num_workers=workers,
+    work = run_batched_callable(items, row_fn, batch_config=batch, num_workers=workers,
                                 progress=sink, label=label, draw_in_loop=False)
+    return work if guard is None else guard(work)
 
 
-def run_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any, label: str) -> list[Any]:
+def run_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any, label: str,
+             guard: Guard | None = None, setup: Callable[[Any], Any] | None = None,
+             started: float | None = None) -> list[Any]:
     """``row_fn`` over ``items`` as one batch on the private loop; blocks (works in a kernel cell).
 
-    Raises ``BatchAborted`` (with every finished result) past the failure budget, and
-    ``KeyboardInterrupt`` after cancelling the rows still running.
+    Raises ``BatchAborted`` (with every finished result) past the failure budget or a spend cap
+    (``guard`` sets one around the batch), and ``KeyboardInterrupt`` after cancelling the rows
+    still running. ``setup`` prepares the sink (its preview); ``started`` is when the call began.
     """
     from ..engine.sync import run_sync
 
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    sink = CloseOnCaller(_setup(setup, sink_for(backend, progress, label)), started)
     status = "error"
     try:
-        results = run_sync(_batch(backend, items, row_fn, sink, label), on_poll=sink.draw)
+        results = run_sync(_batch(backend, items, row_fn, sink, label, guard), on_poll=sink.draw)
         status = "done"
         return results
     except KeyboardInterrupt:
@@ -77,14 +98,16 @@ def run_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any
         sink.finish(status)
 
 
-async def arun_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any, label: str) -> list[Any]:
+async def arun_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progress: Any, label: str,
+                    guard: Guard | None = None, setup: Callable[[Any], Any] | None = None,
+                    started: float | None = None) -> list[Any]:
     """:func:`run_rows` awaited from the caller's loop: the batch still runs on the private loop
     (so every LM call shares its connection pool and limits), the display is drawn here."""
     from ..engine.loop import background_loop, in_background_loop
 
-    sink = _CloseOnCaller(_sink(backend, progress, label))
+    sink = CloseOnCaller(_setup(setup, sink_for(backend, progress, label)), started)
     status = "error"
-    coro = _batch(backend, items, row_fn, sink, label)
+    coro = _batch(backend, items, row_fn, sink, label, guard)
     future: asyncio.Future[list[Any]] | None = None
     try:
         if in_background_loop():
@@ -107,6 +130,10 @@ async def arun_rows(backend: Any, items: Sequence[Any], row_fn: RowFn, *, progre
         raise
     finally:
         sink.finish(status)
+
+
+def _setup(setup: Callable[[Any], Any] | None, sink: Any) -> Any:
+    return sink if setup is None else setup(sink)
 
 
 def _column(values: list[Any]) -> Any:

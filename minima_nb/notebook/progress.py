@@ -69,9 +69,10 @@ class NotebookSink(SnapshotSink):
         self.note: Any = None
         self._final = False
 
-    def configure(self, *, preview: bool = True, prompt_of: Any = None, note: Any = None) -> None:
+    def configure(self, *, preview: bool = True, prompt_of: Any = None, note: Any = None,
+                  answer_of: Any = None) -> None:
         """Set up the preview (off with ``preview=False``) and a note; before the first draw."""
-        self.preview = Preview(prompt_of, clock=self._clock) if preview else None
+        self.preview = Preview(prompt_of, answer_of=answer_of, clock=self._clock) if preview else None
         self.note = note
 
     @property
@@ -153,15 +154,15 @@ class NotebookSink(SnapshotSink):
 
     def _final_postfix(self, snapshot: BatchSnapshot) -> str:
         """The closing line: counts, and rates only where they are measured, not guessed."""
+        # Unlike the live rates this is a measurement over the whole call (its elapsed time
+        # runs from the call's start, cache lookup included): no extrapolation, so no minimum.
         elapsed = snapshot.elapsed_s
         parts = [f"cached {snapshot.cached:,}", f"failed {snapshot.failed:,}",
                  f"{snapshot.sent:,} requests"]
-        if elapsed >= MIN_RATE_SPAN_S:
+        if elapsed > 0:
             if snapshot.output_tokens:
                 parts.append(f"{snapshot.output_tokens / elapsed:,.0f} tok/s")
             parts.append(f"{snapshot.done / elapsed:,.0f} rows/s")
-        else:
-            parts.append(f"{snapshot.done:,} rows in {elapsed:.2f}s")
         return ", ".join(parts + self._notes(snapshot))
 
     def _notes(self, snapshot: BatchSnapshot) -> list[str]:

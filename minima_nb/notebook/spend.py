@@ -136,47 +136,86 @@ def _cached_output_mean(backend: Any, model: str) -> float | None:
     return total / count if count else None
 
 
-def _identity(messages: Messages) -> str:
-    return json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
+def _identity(messages: Messages, params: Mapping[str, Any]) -> str:
+    return json.dumps([params, messages], sort_keys=True, ensure_ascii=False, default=str)
+
+
+#: One set of request fields and its prompts: (slots, their cache lookup, the request fields).
+#: ``generate`` is one group; a sweep is a group per grid combination.
+Group = tuple[Sequence["Messages | None"], Sequence[Any], Mapping[str, Any]]
+
+
+@dataclass
+class _Sum:
+    """The running totals of :func:`estimate` over its groups."""
+
+    rows: int = 0
+    distinct: int = 0
+    cached: int = 0
+    to_send: int = 0
+    input_tokens: int = 0
+    output: float | None = 0.0
+    output_max: int | None = 0
 
 
 def estimate(
-    backend: Any, slots: Sequence[Messages | None], hits: Sequence[Any], params: Mapping[str, Any],
-    price: Mapping[str, float] | None, tokenizer: str = "auto",
+    backend: Any, groups: Sequence[Group], price: Mapping[str, float] | None,
+    tokenizer: str = "auto",
 ) -> SpendEstimate:
-    """The estimate of one call from its prompts and their cache lookup (``hits``)."""
+    """The estimate of one call from its groups of prompts and their cache lookup."""
     from ..engine.budget import prices  # engine modules load on first use
 
-    model = params.get("model") or getattr(getattr(backend, "config", None), "model", "") or ""
-    count, method = _counter(tokenizer, model)
-    distinct: dict[str, Messages] = {}
-    cached: set[str] = set()
-    for messages, hit in zip(slots, hits, strict=True):
-        if messages is None:
+    configured = getattr(getattr(backend, "config", None), "model", "") or ""
+    total, methods, bases = _Sum(), set(), set()
+    means: dict[str, float | None] = {}
+    for slots, hits, params in groups:
+        model = params.get("model") or configured
+        count, method = _counter(tokenizer, model)
+        distinct: dict[str, Messages] = {}
+        cached: set[str] = set()
+        for messages, hit in zip(slots, hits, strict=True):
+            if messages is None:
+                continue
+            total.rows += 1
+            ident = _identity(messages, params)
+            distinct.setdefault(ident, messages)
+            if hit is not None:
+                cached.add(ident)
+        to_send = [m for ident, m in distinct.items() if ident not in cached]
+        total.distinct += len(distinct)
+        total.cached += len(cached)
+        total.to_send += len(to_send)
+        total.input_tokens += sum(prompt_tokens(m, count) for m in to_send)
+        if not to_send:
             continue
-        ident = _identity(messages)
-        distinct.setdefault(ident, messages)
-        if hit is not None:
-            cached.add(ident)
-    to_send = [m for ident, m in distinct.items() if ident not in cached]
-    input_tokens = sum(prompt_tokens(m, count) for m in to_send)
-    max_tokens = params.get("max_tokens")
-    mean = _cached_output_mean(backend, model)
-    per_request = mean if mean is not None else max_tokens
-    basis = (f"mean of {model}'s cached answers" if mean is not None else
-             "max_tokens" if max_tokens is not None else "unknown: set max_tokens, or cache some answers")
-    output = None if per_request is None else round(per_request * len(to_send))
-    output_max = None if max_tokens is None else max_tokens * len(to_send)
+        methods.add(method)
+        max_tokens = params.get("max_tokens")
+        if model not in means:
+            means[model] = _cached_output_mean(backend, model)
+        mean = means[model]
+        per_request = mean if mean is not None else max_tokens
+        bases.add(f"mean of {model}'s cached answers" if mean is not None else
+                  "max_tokens" if max_tokens is not None else
+                  "unknown: set max_tokens, or cache some answers")
+        total.output = None if per_request is None or total.output is None else (
+            total.output + per_request * len(to_send))
+        total.output_max = None if max_tokens is None or total.output_max is None else (
+            total.output_max + max_tokens * len(to_send))
+    output = None if total.output is None else round(total.output)
+    output_max = total.output_max
     low = high = None
     if price is not None:
         p_in, p_out = prices(price)
-        low = (input_tokens * p_in + (output or 0) * p_out) / 1e6
-        high = None if output_max is None else (input_tokens * p_in + output_max * p_out) / 1e6
+        low = (total.input_tokens * p_in + (output or 0) * p_out) / 1e6
+        high = None if output_max is None else (total.input_tokens * p_in + output_max * p_out) / 1e6
+    if not methods:  # nothing to send: name the rule that would have counted
+        methods.add(_counter(tokenizer, configured)[1])
     return SpendEstimate(
-        rows=sum(m is not None for m in slots), distinct_prompts=len(distinct), cached=len(cached),
-        to_send=len(to_send), input_tokens=input_tokens, output_tokens=output,
-        output_tokens_max=output_max, cost_low=low, cost_high=high, tokenizer=method,
-        output_basis=basis)
+        rows=total.rows, distinct_prompts=total.distinct, cached=total.cached,
+        to_send=total.to_send, input_tokens=total.input_tokens, output_tokens=output,
+        output_tokens_max=output_max, cost_low=low, cost_high=high,
+        tokenizer=" + ".join(sorted(methods)),
+        output_basis="; ".join(sorted(bases)) or "nothing to send")
 
 
 def attach_cap(job: Any, backend: Any, max_cost: float | None, max_tokens_total: int | None,
@@ -188,18 +227,24 @@ def attach_cap(job: Any, backend: Any, max_cost: float | None, max_tokens_total:
 
     backend = get_backend() if backend is None else backend
     hits = job.lookup(backend, force_refresh, text_only=True)
-    guess = estimate(backend, job.slots, hits, job.params, price if max_cost is not None else None)
+    guess = estimate(backend, job.spend_groups(hits), price if max_cost is not None else None)
     job.cap = spend_cap(guess, max_cost, max_tokens_total, price)
 
 
 def spend_cap(
-    guess: SpendEstimate, max_cost: float | None, max_tokens_total: int | None,
+    guess: SpendEstimate | None, max_cost: float | None, max_tokens_total: int | None,
     price: Mapping[str, float] | None,
 ) -> Any:
-    """The engine's spend cap for a call, its first per-request guess taken from ``guess``."""
+    """The engine's spend cap for a call, its first per-request guess taken from ``guess``.
+
+    Without a guess (a program whose prompts are known only by running it) the first wave of
+    rows is taken before the cap knows a row's usage; from the first answer on it does."""
     from ..engine.budget import SpendCap, prices
 
     p_in, p_out = prices(price) if max_cost is not None or price is not None else (0.0, 0.0)
+    if guess is None:
+        return SpendCap(max_cost=max_cost, max_tokens_total=max_tokens_total, price_in=p_in,
+                        price_out=p_out)
     sending = max(guess.to_send, 1)
     per_out = (guess.output_tokens_max if guess.output_tokens_max is not None
                else guess.output_tokens or 0) / sending

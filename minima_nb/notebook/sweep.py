@@ -10,7 +10,7 @@ a ``schema=`` if one was given, then the details columns.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,9 @@ class Sweep(_Job):
         if clash:
             raise ValueError(f"sweep: {clash} would clash with the result's columns; rename them")
         self.keys = list(grid)
-        self.combos = list(itertools.product(*(_grid_options(k, v) for k, v in grid.items())))
+        options = [_grid_options(k, v) for k, v in grid.items()]
+        self.combos = list(itertools.product(*options))
+        self.varied = [k for k, values in zip(self.keys, options, strict=True) if len(values) > 1]
         self.configured_model = model
         self.rows = frame.index.repeat(len(self.combos))
         width = len(self.combos)
@@ -73,6 +75,38 @@ class Sweep(_Job):
             def params_of(p: int) -> dict[str, Any]:
                 return _combo_params(self._combo(p))
         super().__init__(slots, params_of)
+
+    def lookup(self, backend: Any, force_refresh: bool, text_only: bool) -> list[Any]:
+        # A bulk read per combination (they share their request fields): a cached re-run of a
+        # sweep builds no request, and the estimate and the spend cap know what is cached.
+        bulk_lookup = getattr(backend, "lookup", None)
+        if force_refresh or bulk_lookup is None:
+            return super().lookup(backend, force_refresh, text_only)
+        width = len(self.combos)
+        hits: list[Any] = [None] * len(self.slots)
+        for c in range(width):
+            hits[c::width] = bulk_lookup(self.slots[c::width], text_only=text_only,
+                                         **self.params_of(c))
+        return hits
+
+    def spend_groups(self, hits: list[Any]) -> list[tuple[list[Any], list[Any], dict[str, Any]]]:
+        width = len(self.combos)
+        return [(self.slots[c::width], hits[c::width], self.params_of(c)) for c in range(width)]
+
+    def preview_prompt(self) -> Callable[[str], str]:
+        # A sweep's preview says which combination answered: "[model=a temperature=0] prompt"
+        # (the swept keys only: a key with one value is the same on every line).
+        prompt_of = super().preview_prompt()
+
+        def with_combo(request_id: str) -> str:
+            try:
+                combo = self._combo(int(str(request_id).rsplit("-", 1)[-1]))
+            except ValueError:
+                return prompt_of(request_id)
+            grid = " ".join(f"{k}={combo[k]}" for k in self.varied)
+            return f"[{grid}] {prompt_of(request_id)}" if grid else prompt_of(request_id)
+
+        return with_combo
 
     def _combo(self, position: int) -> dict[str, Any]:
         return dict(zip(self.keys, self.combos[position % len(self.combos)], strict=True))

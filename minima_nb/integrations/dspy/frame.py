@@ -16,7 +16,8 @@ else ``TolerantChatAdapter``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dspy
@@ -25,8 +26,10 @@ import pandas as pd
 from ...controls import reset_retry_seed, set_retry_seed
 from ...errors import BatchAborted
 from ...notebook import session
-from ...notebook.jobs import _arun, _run
+from ...notebook.batchrun import arun_batch, run_batch
 from ...notebook.predict import RowOutputs, arun_rows, outputs_frame, run_rows
+from ...notebook.preview import fields_line
+from ...notebook.spend import SpendEstimate, estimate, spend_cap
 from ...types import MinimaLlmFailure, MinimaLlmResponse
 from .direct import DirectPlan, direct_plan
 from .engines import CallLog, current_log
@@ -81,6 +84,12 @@ def _default_backend() -> Any:
 class PredictJob:
     """One ``df.minima.predict`` call: the rows' inputs, the row coroutine, the result frame."""
 
+    cap: Any = None  # the engine's SpendCap when predict(max_cost=/max_tokens_total=) set one
+    preview = True  # the live preview under the notebook bar
+    _planned = False  # the direct route is planned once: the rows' messages are formatted once
+    _direct: tuple[DirectPlan, list[Any]] | None = None
+    _ran: list[Any] | None = None  # the direct route's results so far (for exc.partial)
+
     def __init__(self, frame: pd.DataFrame, program: Any, inputs: Mapping[str, str] | None,
                  backend: Any, force_refresh: bool) -> None:
         if not callable(getattr(program, "acall", None)):
@@ -129,7 +138,8 @@ class PredictJob:
                                "output_tokens": log.output_tokens}
         if isinstance(result, MinimaLlmFailure):
             return result
-        return RowOutputs(result.items(), cached=self.info[position]["cached"])
+        return RowOutputs(result.items(), cached=self.info[position]["cached"],
+                          request_id=f"row-{position}")
 
     def shape(self, ran: list[Any], details: bool) -> tuple[pd.DataFrame, str | None]:
         results: list[Any] = [None] * len(self.rows)
@@ -145,16 +155,79 @@ class PredictJob:
     # -- the direct route (direct.py): one run_batched, then parse; parse failures sent again --
 
     def _direct_requests(self) -> tuple[DirectPlan, list[Any]] | None:
-        plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
-        if plan is None or not self.todo:
-            return None
-        requests = [plan.request(p, self.rows[p]) for p in self.todo]
-        return None if any(r is None for r in requests) else (plan, requests)
+        if not self._planned:
+            self._planned = True
+            plan = direct_plan(self.program, self.adapter, self.lm, list(self.rows[0]) if self.rows else [])
+            requests = [] if plan is None else [plan.request(p, self.rows[p]) for p in self.todo]
+            if plan is not None and requests and all(r is not None for r in requests):
+                self._direct = (plan, requests)
+        return self._direct
+
+    # -- spend: the estimate (DSPy's own formatting, nothing sent) and the cap -----------------
+
+    def _group(self, requests: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+        slots = [r.messages for r in requests]
+        first = requests[0]
+        fields = {"temperature": first.temperature, "max_tokens": first.max_tokens, "extra": first.extra}
+        lookup = getattr(self.backend, "lookup", None)
+        hits = [None] * len(slots) if self.force_refresh or lookup is None else lookup(slots, text_only=True, **fields)
+        return slots, hits, fields
+
+    def estimate(self, price: Mapping[str, float] | None, tokenizer: str = "auto") -> SpendEstimate:
+        """What this call would send and cost: the adapter formats each row's prompt, nothing is sent."""
+        direct = self._direct_requests()
+        if direct is None and self.todo:
+            raise TypeError(
+                f"estimate({type(self.program).__name__}): only dspy.Predict and dspy.ChainOfThought "
+                "(with the configured LM, ChatAdapter or TolerantChatAdapter, no callbacks) make one "
+                "known prompt per row; another module's calls are known only by running it. Estimate "
+                "its inner Predict, or run a few rows (df.head(20).minima.predict(...)) and read the "
+                "tokens with details=True")
+        return estimate(self.backend, [] if direct is None else [self._group(direct[1])], price, tokenizer)
+
+    def limit(self, max_cost: float | None, max_tokens_total: int | None,
+              price: Mapping[str, float] | None) -> None:
+        """Cap this call's spend (``predict(max_cost=, price=, max_tokens_total=)``)."""
+        if max_cost is None and max_tokens_total is None:
+            return
+        direct = self._direct_requests()
+        guess = None if direct is None else estimate(self.backend, [self._group(direct[1])], None)
+        self.cap = spend_cap(guess, max_cost, max_tokens_total, price)
+
+    def _round(self, plan: DirectPlan | None, started: float | None) -> dict[str, Any]:
+        """The cap, preview and start time of one batch of this call (a round of the direct route)."""
+        spent_in = sum(i.get("input_tokens") or 0 for i in self.info)
+        spent_out = sum(i.get("output_tokens") or 0 for i in self.info)
+        cap = self.cap
+
+        def guard(work: Any) -> Any:
+            from ...engine.budget import capped
+
+            return work if cap is None else capped(cap.less(spent_in, spent_out), work)
+
+        def setup(sink: Any) -> Any:
+            configure = getattr(sink, "configure", None)
+            if callable(configure):
+                note = None if cap is None else (lambda snapshot: cap.spent(
+                    spent_in + snapshot.input_tokens, spent_out + snapshot.output_tokens))
+                configure(preview=self.preview, prompt_of=self._inputs_line, note=note,
+                          answer_of=None if plan is None else _answer_line(plan))
+            return sink
+
+        return {"guard": guard, "setup": setup, "started": started}
+
+    def _inputs_line(self, request_id: str) -> str:
+        try:
+            return fields_line(self.rows[int(str(request_id).rsplit("-", 1)[-1])])
+        except (ValueError, IndexError):
+            return str(request_id)
 
     def _settle(self, plan: DirectPlan, answers: list[Any], waiting: list[int], ran: list[Any]) -> list[int]:
         """Record each answer of ``waiting`` (indexes into todo); return those to send again."""
         again = []
         for k, answer in zip(waiting, answers, strict=True):
+            if answer is None:  # never ran: the batch stopped first
+                continue
             position = self.todo[k]
             info = self.info[position]
             attempts = info.get("attempts", 0) + (getattr(answer, "attempts", 0) or 0)
@@ -173,15 +246,18 @@ class PredictJob:
                 ran[k] = RowOutputs(outputs, cached=cached)
         return again
 
-    def _run_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
-        ran: list[Any] = [None] * len(requests)
+    def _run_direct(self, plan: DirectPlan, requests: list[Any], progress: Any, started: float) -> list[Any]:
+        ran = self._ran = [None] * len(requests)
         waiting = list(range(len(requests)))
         for attempt in range(self._max_attempts()):
             token = set_retry_seed(attempt) if attempt else None  # read by the batch's tasks
             try:
-                answers = _run(self.backend, [requests[k] for k in waiting], progress=progress,
-                               force_refresh=self.force_refresh or attempt > 0, label=_label(attempt),
-                               cached_rows=0)
+                answers = run_batch(self.backend, [requests[k] for k in waiting], progress=progress,
+                                    force_refresh=self.force_refresh or attempt > 0, label=_label(attempt),
+                                    cached_rows=0, **self._round(plan, None if attempt else started))
+            except BatchAborted as exc:
+                self._settle(plan, list(exc.results), waiting, ran)  # what the round answered
+                raise
             finally:
                 if token is not None:
                     reset_retry_seed(token)
@@ -190,15 +266,19 @@ class PredictJob:
                 break
         return ran
 
-    async def _arun_direct(self, plan: DirectPlan, requests: list[Any], progress: Any) -> list[Any]:
-        ran: list[Any] = [None] * len(requests)
+    async def _arun_direct(self, plan: DirectPlan, requests: list[Any], progress: Any, started: float) -> list[Any]:
+        ran = self._ran = [None] * len(requests)
         waiting = list(range(len(requests)))
         for attempt in range(self._max_attempts()):
             token = set_retry_seed(attempt) if attempt else None
             try:
-                answers = await _arun(self.backend, [requests[k] for k in waiting], progress=progress,
-                                      force_refresh=self.force_refresh or attempt > 0,
-                                      label=_label(attempt), cached_rows=0)
+                answers = await arun_batch(self.backend, [requests[k] for k in waiting], progress=progress,
+                                           force_refresh=self.force_refresh or attempt > 0,
+                                           label=_label(attempt), cached_rows=0,
+                                           **self._round(plan, None if attempt else started))
+            except BatchAborted as exc:
+                self._settle(plan, list(exc.results), waiting, ran)
+                raise
             finally:
                 if token is not None:
                     reset_retry_seed(token)
@@ -213,25 +293,28 @@ class PredictJob:
     # -- running --------------------------------------------------------------------------------
 
     def run(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        started = time.monotonic()
         direct = self._direct_requests()
         try:
             if direct is not None:
-                ran = self._run_direct(*direct, progress)
+                ran = self._run_direct(*direct, progress, started)
             else:
-                ran = run_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL) if self.todo else []
+                ran = run_rows(self.backend, self.todo, self.row, progress=progress, label=LABEL,
+                               **self._round(None, started)) if self.todo else []
         except Exception as exc:
             self._note_partial(exc, direct)
             raise
         return self.shape(ran, details)
 
     async def arun(self, *, details: bool, progress: Any) -> tuple[pd.DataFrame, str | None]:
+        started = time.monotonic()
         direct = self._direct_requests()
         try:
             if direct is not None:
-                ran = await self._arun_direct(*direct, progress)
+                ran = await self._arun_direct(*direct, progress, started)
             else:
                 ran = await arun_rows(self.backend, self.todo, self.row, progress=progress,
-                                      label=LABEL) if self.todo else []
+                                      label=LABEL, **self._round(None, started)) if self.todo else []
         except Exception as exc:
             self._note_partial(exc, direct)
             raise
@@ -240,15 +323,24 @@ class PredictJob:
     def _note_partial(self, exc: Exception, direct: tuple[DirectPlan, list[Any]] | None) -> None:
         if not isinstance(exc, BatchAborted):
             return
-        results = list(exc.results)
-        if direct is not None:  # run_batched's answers, of the first round or of a retry round
-            if len(results) != len(self.todo):
-                results = [None] * len(self.todo)
-            results = [r if r is None else direct[0].outputs(r) for r in results]
-            results = [RowOutputs(r) if isinstance(r, dict) else r for r in results]
+        if direct is not None:  # every round's answers so far, settled and parsed
+            results = list(self._ran or [None] * len(self.todo))
+        else:
+            results = list(exc.results)
         exc.partial = self.shape(results, True)[0]
         if hasattr(exc, "add_note") and PARTIAL_NOTE not in getattr(exc, "__notes__", ()):
             exc.add_note(PARTIAL_NOTE)
+
+
+def _answer_line(plan: DirectPlan) -> Callable[[str, str], str]:
+    """The preview's answer: the parsed output fields on one line (the raw text if it does not parse)."""
+    def answer_of(request_id: str, text: str) -> str:
+        try:
+            return fields_line(plan.adapter.parse(plan.signature, text))
+        except Exception:  # an unparsable answer is shown as it came; it is asked again
+            return text
+
+    return answer_of
 
 
 def _label(attempt: int) -> str:
