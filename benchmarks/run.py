@@ -4,7 +4,7 @@ Starts the fast upstream (0 ms and 50 ms latency, each in its own process on the
 checks its capacity with wrk when installed, runs the scenarios (1-12: 8 is the caching proxy, 9 DSPy, 12 pacing
 without headers, 4 minutes) (every client in a fresh
 process pinned to core 0, several rounds in rotating order), prints each table as it is done
-and writes ``benchmarks/RESULTS.md``. The whole run takes about 10-15 minutes on 2 cores.
+and writes ``benchmarks/RESULTS.md``. The whole run takes about 15-20 minutes on 2 cores (scenario 12 alone 5).
 
 Options: ``--rounds N`` (default 5), ``--only 1,3,7`` to run some scenarios (RESULTS.md is then
 written to ``--out``, by default ``benchmarks/RESULTS-partial.md``), ``--quick`` for a fast
