@@ -463,12 +463,13 @@ def dask_scale_out() -> list:
             "print(type(answers).__name__, answers.dtype, '- requests sent so far:', server.requests_total)"
         ),
         new_markdown_cell(
-            "## One bar for the whole cluster\n\n`minima_nb.dask.compute` counts the rows every worker "
-            "reports. `rpm=3000` is the budget of the whole computation, shared by both workers "
-            "through the scheduler."
+            "## One bar for the whole cluster\n\nA plain `.compute()` shows one bar of the rows every "
+            "worker reports, live, in the cell that runs it (a heartbeat line outside a notebook). "
+            "`rpm=3000` is the budget of the whole computation, shared by both workers through the "
+            "scheduler."
         ),
         new_code_cell(
-            "out = minima_nb.dask.compute(answers)\n"
+            "out = answers.compute()\n"
             "print(server.requests_total, 'requests sent')\n"
             "out.head()"
         ),
@@ -477,9 +478,20 @@ def dask_scale_out() -> list:
             "cache while they ran, so the same rows again send nothing."
         ),
         new_code_cell(
-            "wide = minima_nb.dask.compute(ddf.minima.generate('prompt', details=True))\n"
+            "wide = ddf.minima.generate('prompt', details=True).compute()\n"
             "print(wide['cached'].sum(), 'of', len(wide), 'rows from the cache;', server.requests_total, 'requests in all')\n"
             "wide.head(3)"
+        ),
+        new_markdown_cell(
+            "## Dask's own progress beside it\n\nDask's task bar and dashboard keep working: they "
+            "count tasks, minima's bar counts rows. `persist()` runs in the background; its rows "
+            "show in the cell that started it (here Dask's bar holds the cell until its tasks are done)."
+        ),
+        new_code_cell(
+            "from dask.distributed import progress\n\n"
+            "held = ddf.minima.generate('In one word: {prompt}').persist()\n"
+            "progress(held, notebook=False)  # Dask's task bar, as text; it waits for the tasks\n"
+            "print('dashboard:', client.dashboard_link)"
         ),
         new_markdown_cell("## Done\n\nClose the cluster when you are finished with it."),
         new_code_cell("client.close()\ncluster.close()\nserver.stop()"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import deque
 
 import dask
 import dask.dataframe as dd
@@ -17,6 +18,7 @@ import pytest
 from _mock_backend import close_backend, make_backend
 
 import minima_nb.dask as mdask
+from minima_nb.errors import ConfigError
 from minima_nb.integrations.dask import worker
 from minima_nb.notebook.accessor import DETAIL_DTYPES
 from minima_nb.testing import MockServer
@@ -120,7 +122,7 @@ def test_wrong_column_fails_at_build_time(srv, llm):
 
 
 def test_compute_counts_rows_from_progress_events(srv, llm):
-    """minima_nb.dask.compute counts every row once, cached rows as cached, on the threaded scheduler."""
+    """minima_nb.dask.compute / progress() count every row once, cached rows as cached."""
     df = frame(20)
     answers = dd.from_pandas(df, npartitions=4, sort=False).minima.generate("prompt", backend=llm)
     with dask.config.set(scheduler="threads"):
@@ -129,6 +131,78 @@ def test_compute_counts_rows_from_progress_events(srv, llm):
         out = mdask.compute(answers, progress=False)
     assert first.totals()["done"] == 20 and first.totals()["cached"] == 0
     assert out.notna().sum() == 19 and srv.requests_total == 19  # the second run: all cached
+
+
+def test_plain_compute_prints_heartbeat_and_summary(tmp_path, capsys):
+    """Outside a notebook a plain .compute() writes minima's heartbeat and its summary line."""
+    slow = MockServer(latency_s=0.01).start()
+    backend = make_backend(slow, tmp_path / "c", batch={"heartbeat_s": 0.05, "num_workers": 4})
+    df = pd.DataFrame({"prompt": [f"beat {i}" for i in range(120)]})
+    answers = dd.from_pandas(df, npartitions=4).minima.generate("prompt", backend=backend)
+    capsys.readouterr()
+    out = answers.compute(scheduler="threads")
+    lines = capsys.readouterr().err.splitlines()
+    assert out.notna().all()
+    beats = [line for line in lines if line.startswith("minima (dask): ") and "| sent" in line]
+    assert beats, lines  # at least one heartbeat while it ran
+    assert lines[-1].startswith("minima (dask): done 120/120 in ")
+    assert "(0 cached, 0 failed, 120 sent," in lines[-1]
+    dask.compute(answers, scheduler="threads")  # dask.compute: its own view, all cached
+    assert "(120 cached, 0 failed, 0 sent," in capsys.readouterr().err.splitlines()[-1]
+    last = mdask.last_progress()
+    assert (last.total, last.done, last.cached, last.sent) == (120, 120, 120, 0)
+    worker.close_engines()
+    close_backend(backend)
+    slow.stop()
+
+
+def test_partial_compute_closes_with_what_ran(srv, llm):
+    """head() runs one partition: its view closes when the local computation ends, not later."""
+    df = pd.DataFrame({"prompt": [f"head {i}" for i in range(40)]})
+    answers = dd.from_pandas(df, npartitions=4).minima.generate("prompt", backend=llm,
+                                                               progress="text")
+    with dask.config.set(scheduler="threads"):
+        answers.head(3)
+        first = mdask.last_progress()
+        answers.compute()
+    last = mdask.last_progress()
+    assert (first.total, first.done) == (10, 10)  # one partition of four
+    assert (last.total, last.done, last.cached) == (40, 40, 10)  # a new view, not the old one
+
+
+def test_view_counts_a_rerun_once_and_stays_closed():
+    """A partition Dask re-runs is counted once; events after a view closed open nothing."""
+    from minima_nb.integrations.dask.live import Display, Hub
+
+    hub = Hub()
+    hub.register("tok", Display(False, label="t", npartitions=2), None)
+
+    def event(part, attempt, final, done):
+        hub.handle({"token": "tok", "part": part, "attempt": attempt, "final": final,
+                    "total": 10, "done": done, "cached": 0, "failed": 0, "retrying": 0,
+                    "in_flight": 0, "sent": done, "received": done, "input_tokens": 0,
+                    "output_tokens": 0, "latency_sum": 0.0, "last_error": None})
+
+    event(0, "a0", False, 4)
+    event(0, "a0-again", False, 2)  # the worker running it died: a new attempt replaces it
+    event(0, "a0-again", True, 10)
+    event(1, "b1", False, 3)
+    event(0, "a0-third", True, 10)  # a finished partition re-run: already counted
+    assert hub.history == deque() and hub._open["tok"].view.totals()["done"] == 13
+    event(1, "b1", True, 10)  # every partition reported: the view closes
+    [(token, status, final)] = hub.history
+    assert (token, status, final.total, final.done, final.sent) == ("tok", "done", 20, 20, 20)
+    event(1, "b1", True, 10)  # a late copy of a closed view's event
+    assert len(hub.history) == 1 and not hub._open
+    event(0, "new", False, 1)  # the next computation of the same collection: a new view
+    assert hub._open["tok"].view.totals()["done"] == 1
+
+
+def test_generate_rejects_a_progress_it_cannot_show(srv, llm):
+    """progress= takes True/False or a kind; a sink object cannot travel to a later compute."""
+    ddf = dd.from_pandas(frame(8), npartitions=2)
+    with pytest.raises(ConfigError, match="progress="):
+        ddf.minima.generate("prompt", backend=llm, progress=object())
 
 
 def test_import_without_dask_says_how_to_install():
@@ -153,3 +227,69 @@ def test_budget_schedule_has_no_burst_and_follows_the_server():
     first, lowered, _ = schedule.lease(1, server_rpm=300)
     assert lowered == pytest.approx(2 * interval) and first == pytest.approx(3 * interval)
     assert schedule.lease(1, pause_s=10.0)[0] == pytest.approx(10.0)
+
+
+def test_sweep_lazy_meta_and_equal_to_pandas_sweep(srv, llm):
+    """ddf.minima.sweep: lazy, its meta = the computed dtypes, the rows of df.minima.sweep."""
+    df = frame(12)
+    ddf = dd.from_pandas(df, npartitions=3, sort=False)
+    grid = {"model": ["mock-model", "mock-model-large"], "temperature": [0, 0.7]}
+    runs = ddf.minima.sweep("About {topic}: {prompt}", backend=llm, **grid)
+    assert srv.requests_total == 0 and list(runs.columns[:3]) == ["row", "model", "temperature"]
+    got = threaded(runs)
+    want = df.minima.sweep("About {topic}: {prompt}", backend=llm, progress=False, **grid)
+    assert dict(got.dtypes) == dict(runs.dtypes)
+    columns = ["model", "temperature", "text", "error", "input_tokens", "output_tokens"]
+    pd.testing.assert_frame_equal(got[columns].reset_index(drop=True), want[columns])
+    assert got["row"].tolist() == want["row"].tolist()  # every row's label, in the frame's order
+    assert srv.requests_total == 11 * 4  # the missing prompt is not sent, under any combination
+    last = mdask.last_progress()
+    assert (last.total, last.done) == (48, 48)  # one bar of (row, combination) pairs
+    with pytest.raises(ValueError, match="no values"):
+        ddf.minima.sweep("prompt", backend=llm, temperature=[])
+
+
+def test_local_computation_ending_leaves_cluster_views_open():
+    """A local scheduler's computation ending (e.g. one the in-process scheduler runs) closes
+    only the views of partitions it ran, never a cluster computation's."""
+    from minima_nb.integrations.dask.live import Display, Hub
+
+    hub = Hub()
+    hub.register("tok", Display(False, label="t", npartitions=2), None)
+    message = {"token": "tok", "part": 0, "attempt": "a", "final": False, "total": 5, "done": 1,
+               "cached": 0, "failed": 0, "retrying": 0, "in_flight": 0, "sent": 1,
+               "received": 1, "input_tokens": 0, "output_tokens": 0, "latency_sum": 0.0,
+               "last_error": None}
+    hub.local_started()
+    hub._on_event((0.0, message))  # a worker's event, through the client's subscription
+    hub.local_finished(errored=False)
+    assert "tok" in hub._open and not hub.history
+    hub.register("loc", Display(False, label="t", npartitions=2), None)
+    hub.local_started()
+    hub._on_local({**message, "token": "loc", "attempt": "b"})  # a threaded-scheduler partition
+    hub.local_finished(errored=False)
+    assert list(hub._open) == ["tok"] and [(t, s) for t, s, _ in hub.history] == [("loc", "done")]
+
+
+def test_no_new_bar_under_an_interrupted_cell():
+    """A partition that starts after its cell was interrupted opens no bar; the next cell does."""
+    from types import SimpleNamespace
+
+    from minima_nb.integrations.dask.live import Display, Hub
+
+    hub = Hub()
+    hub.register("tok", Display(False, label="t", npartitions=3), None)
+    message = {"token": "tok", "part": 0, "attempt": "a", "final": False, "total": 5, "done": 1,
+               "cached": 0, "failed": 0, "retrying": 0, "in_flight": 0, "sent": 1,
+               "received": 1, "input_tokens": 0, "output_tokens": 0, "latency_sum": 0.0,
+               "last_error": None}
+    hub._pre_run_cell()
+    hub._on_event((0.0, message))
+    hub._post_run_cell(SimpleNamespace(error_in_exec=KeyboardInterrupt(), error_before_exec=None))
+    assert [status for _, status, _ in hub.history] == ["interrupted"]
+    hub._on_event((0.0, {**message, "final": True, "done": 5}))  # the cancelled task finishing
+    hub._on_event((0.0, {**message, "part": 1, "attempt": "late"}))  # one that slipped through
+    assert not hub._open and len(hub.history) == 1
+    hub._pre_run_cell()  # the user runs it again
+    hub._on_event((0.0, {**message, "attempt": "again"}))
+    assert list(hub._open) == ["tok"]

@@ -23,6 +23,7 @@ from distributed import Client, LocalCluster, wait
 
 import minima_nb.dask as mdask
 from minima_nb.export import open_cache
+from minima_nb.integrations.dask import live
 from minima_nb.testing import MockServer
 
 KEY = "sk-dask-test-7f3a9c1e"
@@ -182,12 +183,62 @@ def test_progress_events_count_rows_exactly(client, server, llm):
     answers = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV)
     with mdask.progress(progress=False) as first:
         answers.compute()
+    # The same rows again (a new collection: right after the first compute Dask may still hold
+    # that one's results and run nothing).
+    again = ddf.minima.generate("prompt", backend=llm, key_env=KEY_ENV, name="again")
     with mdask.progress(progress=False) as second:
-        answers.compute()
+        again.compute()
     assert {k: first.totals()[k] for k in ("total", "done", "cached", "failed")} == {
         "total": 50, "done": 50, "cached": 0, "failed": 0}
     assert first.totals()["sent"] == 49 and first.events >= 10  # a start and an end per partition
     assert (second.totals()["done"], second.totals()["cached"]) == (50, 49)
+
+
+def _counts(snapshot):
+    return (snapshot.total, snapshot.done, snapshot.cached, snapshot.failed, snapshot.sent)
+
+
+def test_plain_compute_shows_one_exact_view_per_computation(client, server, llm, capfd):
+    """compute(), dask.compute, client.compute().result() and persist() each get one view,
+    closed with the exact counts of both workers' rows, and its summary line outside a notebook."""
+    hub = live.hub()
+    ddf = dd.from_pandas(frame(40), npartitions=4, sort=False)
+
+    def generate(template):
+        return ddf.minima.generate(template, backend=llm, key_env=KEY_ENV, progress="text")
+
+    before = len(hub.history)
+    out = generate("A: {prompt}").compute()
+    assert _counts(mdask.last_progress()) == (40, 40, 0, 0, 39) and out.notna().sum() == 39
+    (both,) = dask.compute(generate("B: {prompt}"))
+    assert _counts(mdask.last_progress()) == (40, 40, 0, 0, 39)
+    client.compute(generate("C: {prompt}")).result()
+    assert _counts(mdask.last_progress()) == (40, 40, 0, 0, 39)
+    held = generate("D: {prompt}").persist()
+    wait(held)
+    deadline = time.monotonic() + 10
+    while len(hub.history) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.02)  # persist() returns at once; its view closes when the rows are in
+    assert _counts(mdask.last_progress()) == (40, 40, 0, 0, 39)
+    assert [status for _, status, _ in list(hub.history)[before:]] == ["done"] * 4
+    assert server.requests_total == 4 * 39
+    summaries = [line for line in capfd.readouterr().err.splitlines()
+                 if line.startswith("minima (dask): done 40/40")]
+    assert len(summaries) == 4 and all("(0 cached, 0 failed, 39 sent," in s for s in summaries)
+
+
+def test_sweep_on_two_worker_processes(client, server, llm):
+    """ddf.minima.sweep on the cluster: the pandas sweep's rows, one exact view of the pairs."""
+    df = frame(30)
+    ddf = dd.from_pandas(df, npartitions=3, sort=False)
+    runs = ddf.minima.sweep("prompt", backend=llm, key_env=KEY_ENV, temperature=[0, 0.5, 1])
+    got = runs.compute()
+    want = df.minima.sweep("prompt", backend=llm, progress=False, temperature=[0, 0.5, 1])
+    assert dict(got.dtypes) == dict(runs.dtypes)
+    pd.testing.assert_frame_equal(got[["model", "temperature", "text", "error"]].reset_index(drop=True),
+                                  want[["model", "temperature", "text", "error"]])
+    assert got["row"].tolist() == want["row"].tolist()
+    assert _counts(mdask.last_progress()) == (90, 90, 0, 0, 87)
 
 
 def test_shared_cache_on_one_host(client, server, llm):
@@ -240,11 +291,17 @@ def test_killed_worker_rows_committed_are_not_asked_again(client, tmp_path):
 
         killer = threading.Thread(target=kill_when_busy, daemon=True)
         killer.start()
+        views = len(live.hub().history)
         out = answers.compute()
         killer.join(timeout=30)
         assert out.notna().sum() == rows
+        # One view, every row counted once although Dask re-ran the dead worker's partitions.
+        history = list(live.hub().history)[views:]
+        assert len(history) == 1, history
+        last = mdask.last_progress()
+        assert (last.total, last.done, last.failed) == (rows, rows, 0), history
         duplicates = slow.requests_total - rows
-        assert 0 <= duplicates <= 40  # at most what was in flight or not yet committed
+        assert 0 <= duplicates <= 40, duplicates  # at most what was in flight or not committed
         again = answers.compute()
         assert slow.requests_total == rows + duplicates  # the re-run asks nothing again
         pd.testing.assert_series_equal(again, out)

@@ -86,12 +86,28 @@ CHECKS = {
     # 06 closes its cluster and server in its last cell: what they gave is checked from the
     # variables, and the pandas accessor's answers (no cluster needed) must equal the cluster's.
     "06_dask.ipynb": (
-        "assert out.notna().all() and server.requests_total == len(df)\n"
+        "last = minima_nb.dask.last_progress()\n"
+        "assert (last.total, last.done, last.cached, last.failed) == (len(df), len(df), 0, 0)\n"
+        "assert out.notna().all() and server.requests_total == 2 * len(df)\n"
         "assert out.equals(df.minima.generate('prompt', progress=False))\n"
         'assert wide["cached"].all()\n'
         'print("dask ok")'
     ),
 }
+
+
+# Cells whose OWN output must hold minima's widget in its final state (source fragment, rows on
+# the bar, words of its final line): a plain `.compute()` on Dask counts the rows of every
+# worker in the cell that runs it, not in the cell that made the Client.
+CELL_WIDGETS = {
+    "06_dask.ipynb": [
+        ("out = answers.compute()", 300, ["cached 0", "failed 0", "300 requests"]),
+        ("details=True).compute()", 300, ["cached 300", "failed 0", "0 requests"]),
+    ],
+}
+# ...and cells that must show none of minima's widgets (the events' handler thread belongs to
+# the cell that made the Client: a widget drawn without the running cell's context lands here).
+NO_WIDGET_CELLS = {"06_dask.ipynb": ["client = Client(cluster)"]}
 
 
 def _load_builder():
@@ -134,6 +150,39 @@ def _widget_models(nb, *names: str) -> list[dict]:
     return [m["state"] for m in state.values() if m.get("model_name") in names]
 
 
+def _cell_widget_states(nb, cell) -> list[dict]:
+    """Every widget model shown in ``cell``'s outputs, with the models inside them."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    todo = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+            for o in cell.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    found: list[dict] = []
+    while todo:
+        model = state.get(todo.pop())
+        if model is None:
+            continue
+        found.append(model)
+        children = model["state"].get("children", [])
+        todo.extend(c.removeprefix("IPY_MODEL_") for c in children if isinstance(c, str))
+    return found
+
+
+def _assert_cell_widgets(nb, name: str) -> None:
+    for fragment in NO_WIDGET_CELLS.get(name, []):
+        cell = next(c for c in nb.cells if c.cell_type == "code" and fragment in c.source)
+        assert _cell_widget_states(nb, cell) == [], fragment
+    for fragment, rows, words in CELL_WIDGETS.get(name, []):
+        cell = next(c for c in nb.cells if c.cell_type == "code" and fragment in c.source)
+        models = _cell_widget_states(nb, cell)
+        bars = [m["state"] for m in models
+                if m["model_name"] in ("FloatProgressModel", "IntProgressModel")]
+        assert [(b["value"], b["max"]) for b in bars] == [(rows, rows)], (fragment, bars)
+        texts = [m["state"].get("value", "").replace("\u2007", " ") for m in models
+                 if m["model_name"] == "HTMLModel"]
+        final = next((t for t in texts if f"{rows}/{rows}" in t), "")
+        assert all(word in final for word in words), (fragment, texts)
+
+
 def _progress_bars(nb) -> list[dict]:
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     return [m["state"] for m in state.values()
@@ -158,6 +207,7 @@ def test_notebook_runs_clean_with_full_progress_bars(name, kernel_env, tmp_path)
     _assert_own_interpreter(_text(nb.cells[0].outputs))
     assert _errors(nb) == []
     assert _text(nb.cells[-1].outputs).strip().endswith("ok")  # the suite's checks, above
+    _assert_cell_widgets(nb, name)
     bars = _progress_bars(nb)
     assert bars, "no progress widget was saved"
     assert [(b["value"], b["max"]) for b in bars] == [(b["max"], b["max"]) for b in bars]
@@ -340,3 +390,39 @@ def test_dspy_sync_and_async_calls_in_a_kernel(kernel):
     assert [r["status"] for r in results] == ["ok"] * len(cells), [r["outputs"] for r in results]
     texts = [_text(r["outputs"]).strip() for r in results[2:]]
     assert texts == ["sync 4", "async Paris", "gather 20", "batch 12"]
+
+
+def test_dask_plain_compute_in_a_kernel_threads_and_interrupt(kernel, kernel_env):
+    """In a kernel, a plain .compute() on the threaded scheduler shows minima's widget in its own
+    cell; an interrupted one closes its bar as interrupted and opens no other."""
+    with MockServer(latency_s=0.2) as server:
+        setup = (
+            "import dask, dask.dataframe as dd, pandas as pd, minima_nb, minima_nb.dask\n"
+            "from minima_nb.integrations.dask import live\n"
+            f"minima_nb.configure(base_url={server.base_url!r}, model='mock-model', "
+            f"cache_dir={str(kernel_env)!r}, rpm=0, batch={{'num_workers': 4}})\n"
+            "dask.config.set(scheduler='threads')\n"
+            "ddf = dd.from_pandas(pd.DataFrame({'prompt': [f'k {i}' for i in range(40)]}), npartitions=4)\n"
+            "answers = ddf.minima.generate('prompt')"
+        )
+        show = ("_, status, last = live.hub().history[-1]\n"
+                "print('view', status, (last.total, last.done, last.cached))")
+        results = kernel.run_all([WHERE_AM_I, setup, "out = answers.compute()", show])
+        assert [r["status"] for r in results] == ["ok"] * 4, [r["outputs"] for r in results]
+        assert _has_widget(results[2]["outputs"]) and not _has_widget(results[1]["outputs"])
+        assert "view done (40, 40, 0)" in _text(results[3]["outputs"])
+        long = "long = dd.from_pandas(pd.DataFrame({'prompt': [f'L {i}' for i in range(400)]}), npartitions=2)"
+        kernel.run_all([long])
+        interrupter = threading.Thread(target=_interrupt_when_busy,
+                                       args=(kernel.km, server, 60, 30.0), daemon=True)
+        interrupter.start()
+        [cell] = kernel.run_all(["long.minima.generate('prompt').compute()"])
+        interrupter.join(timeout=CELL_TIMEOUT_S)
+        [after] = kernel.run_all(["import time; time.sleep(1.0)\n" + show
+                                  + "\nprint('open', len(live.hub()._open))"])
+        if after["status"] == "aborted":  # ipykernel's stop-on-error (see the test above)
+            [after] = kernel.run_all([show + "\nprint('open', len(live.hub()._open))"])
+    assert cell["status"] == "error" and _has_widget(cell["outputs"])
+    shown = _text(after["outputs"])
+    assert "view interrupted" in shown and "open 0" in shown, shown
+

@@ -291,6 +291,18 @@ class PromptCache:
         self._count(len(found), len(unique) - len(found) if count_misses else 0)
         return found
 
+    def get_with_raw(self, key: str) -> tuple[Any, ...] | None:
+        """get()'s fields, then the stored body as text (or None), in one read; a miss is not
+        counted in stats() (the caller's fallback lookup counts it)."""
+        with self._lock:
+            self._drop_committed()
+            queued = self._pending.get(key)
+        rows = ([(*_ANSWER_ROW(queued[1])[:6], queued[1][6])] if queued is not None else
+                self._query(f"SELECT {_ANSWER_COLUMNS}, raw FROM responses WHERE key = ?", (key,)))
+        if rows:
+            self._count(1, 0)
+        return tuple(rows[0]) if rows else None
+
     def get_raw(self, key: str) -> dict | None:
         """The server's raw JSON body stored with ``key`` (or queued for storing), or None."""
         with self._lock:

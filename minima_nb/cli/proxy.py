@@ -36,6 +36,8 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="port to listen on, 0 for any free port (default: %(default)s)")
     parser.add_argument("--force-model", action="store_true",
                         help="answer every request with the configured model, whatever the client names")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="the loop to serve on; auto: uvloop when installed (default: %(default)s)")
     parser.set_defaults(handler=run_proxy)
 
 
@@ -47,7 +49,8 @@ def run_proxy(args: argparse.Namespace) -> int:
 
     try:
         config = MinimaLlmConfig.from_yaml(args.config) if args.config else MinimaLlmConfig.from_env()
-        proxy = ProxyServer(config, host=args.host, port=args.port, force_model=args.force_model)
+        proxy = ProxyServer(config, host=args.host, port=args.port, force_model=args.force_model,
+                            event_loop=args.event_loop)
         proxy.start()
     except ConfigError as exc:
         fail(f"proxy: {exc}")

@@ -120,7 +120,12 @@ class NotebookSink(SnapshotSink):
         if self._bar is None:
             self._bar = self._make_bar(snapshot.total)
         elif self._bar.total != snapshot.total:
-            self._bar.reset(total=snapshot.total)  # also resizes the widget's range
+            # A total that grows (a Dask computation's partitions reporting in): reset() also
+            # resizes the widget's range, but restarts tqdm's clock; keep the elapsed time.
+            started = getattr(self._bar, "start_t", None)
+            self._bar.reset(total=snapshot.total)
+            if started is not None:
+                self._bar.start_t = started
         return self._bar
 
     def _make_bar(self, total: int) -> Any:

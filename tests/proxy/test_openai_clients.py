@@ -10,7 +10,7 @@ import openai
 import pandas as pd
 import pytest
 
-from minima_nb import OpenAIMinimaLlm, ProxyServer
+from minima_nb import MinimaLlmConfig, OpenAIMinimaLlm, ProxyServer
 from minima_nb.engine.sync import run_sync
 
 from .conftest import upstream_config
@@ -215,3 +215,12 @@ def test_minima_llm_spelling_positional_config_and_verbose(upstream, cache_dir, 
             client_of(proxy).chat.completions.create(model="mock-model", messages=MESSAGES)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["miss", "hit"]
+
+
+def test_models_are_the_upstreams_list_else_the_configured_model(proxy, cache_dir):
+    assert [m.id for m in client_of(proxy).models.list().data] == ["mock-model", "mock-model-large"]
+    # Nothing listening upstream: the configured model, without an error.
+    config = MinimaLlmConfig(base_url="http://127.0.0.1:9/v1", model="mock-model", api_key="sk-x",
+                             rpm=0, cache_dir=str(cache_dir))
+    with ProxyServer(config, port=0) as down:
+        assert [m.id for m in client_of(down).models.list().data] == ["mock-model"]

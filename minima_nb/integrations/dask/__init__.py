@@ -3,7 +3,8 @@
 Modules: :mod:`.accessor` (the accessors, the lazy ``map_partitions`` with its meta),
 :mod:`.partition` (the function each partition runs), :mod:`.settings` (what the graph carries:
 no key), :mod:`.worker` (the per-process engine and its key), :mod:`.budget` (the global rate
-budget), :mod:`.progress` (row counts as events, one bar), :mod:`.caches` (bringing workers'
+budget), :mod:`.progress` (row counts as events, summed), :mod:`.live` (the bar of a plain
+``.compute()``: which cell, when it closes), :mod:`.caches` (bringing workers'
 caches home), :mod:`.keys` (``share_key``). Dask is an extra: ``pip install 'minima-nb[dask]'``.
 """
 

@@ -1,11 +1,13 @@
-"""``compute(...)`` and ``progress()``: a Dask computation with minima_nb's bar over the whole cluster.
+"""``compute(...)`` and ``progress()``: conveniences over the live view of a plain ``.compute()``.
 
-``minima_nb.dask.compute(answers)`` subscribes to the workers' progress events, computes on the
-client, and draws the bar (a widget in a notebook, a heartbeat line elsewhere) on the caller's
-thread while it waits in short polls; Ctrl-C cancels the computation (answers already received
-are in the cache). ``with minima_nb.dask.progress():`` does the same around a plain
-``.compute()``, drawing from a helper thread. Without a distributed client, both run on the
-threaded scheduler and count the in-process events.
+A plain ``answers.compute()`` shows its own bar already (:mod:`.live`). These two are for
+choosing what is shown: ``minima_nb.dask.compute(a, b, progress="text")`` computes several
+collections with ONE bar of rows for all of them (a widget in a notebook, a heartbeat line
+elsewhere, nothing with ``progress=False``), drawn on the caller's thread while it waits in
+short polls, and Ctrl-C cancels the computation (answers already received are in the cache).
+``with minima_nb.dask.progress(...) as view:`` does the same around any computation in the
+block and leaves the counts in ``view.totals()``. While either runs, the automatic views
+stay closed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .progress import ClusterProgress, Subscription
+from . import live
+from .progress import ClusterProgress
 
 _POLL_S = 0.1
 _SETTLE_S = 2.0  # how long the final events may trail the results
@@ -37,22 +40,21 @@ def _client(client: Any) -> Any:
 def _settle(view: ClusterProgress) -> None:
     """Wait (briefly, bounded) for the last partitions' final events to arrive."""
     deadline = time.monotonic() + _SETTLE_S
-    while time.monotonic() < deadline:
-        totals = view.totals()
-        if totals["done"] >= totals["total"]:
-            return
+    while time.monotonic() < deadline and view.running():
         time.sleep(0.02)
 
 
 def compute(*collections: Any, progress: Any = True, client: Any = None) -> Any:
-    """Compute Dask collections with one bar of rows across the cluster; like ``dask.compute``.
+    """Compute Dask collections with one bar of rows for all of them; like ``dask.compute``.
 
     Returns the computed value of one collection, or a tuple for several.
     """
     client = _client(client)
     view = ClusterProgress(progress)
+    hub = live.hub()
+    hub.attach(client)
     status = "error"
-    with Subscription(view, client):
+    with hub.observe(view):
         try:
             if client is None:
                 results = _threaded(collections, view)
@@ -108,7 +110,7 @@ def _threaded(collections: tuple[Any, ...], view: ClusterProgress) -> list[Any]:
 
 @contextmanager
 def progress(progress: Any = True, *, client: Any = None) -> Iterator[ClusterProgress]:
-    """Show the cluster-wide bar around any computation in the block (e.g. ``.compute()``)."""
+    """One bar for every computation in the block; its counts stay in ``view.totals()``."""
     view = ClusterProgress(progress)
     stop = threading.Event()
 
@@ -116,9 +118,11 @@ def progress(progress: Any = True, *, client: Any = None) -> Iterator[ClusterPro
         while not stop.wait(_POLL_S):
             view.draw()
 
-    drawer = threading.Thread(target=draw, name="minima-dask-progress", daemon=True)
+    hub = live.hub()
+    hub.attach(_client(client))
+    drawer = threading.Thread(target=draw, name="minima-dask-progress-block", daemon=True)
     status = "error"
-    with Subscription(view, _client(client)):
+    with hub.observe(view):
         drawer.start()
         try:
             yield view

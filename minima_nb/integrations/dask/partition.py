@@ -4,8 +4,8 @@
 turns the partition into one prompt per row with the accessor's code (columns, templates,
 message lists, missing prompts), runs them as one batch on this process's engine
 (:mod:`.worker`) and shapes the answers exactly as ``df.minima.generate`` does, aligned to the
-partition's index. Failed rows are values (``<NA>``, with their reason in ``error`` when
-``details=True``), never a task error that would lose the partition: a batch that aborts
+partition's index (with a grid: the pandas ``sweep``'s long frame). Failed rows are values
+(``<NA>``, with their reason in ``error`` when ``details=True``), never a task error that would lose the partition: a batch that aborts
 (a 401 on every row, too many failures) and a worker without a key both come back as rows
 failed with the reason. Counts go out as progress events while the batch runs (:mod:`.progress`).
 """
@@ -19,6 +19,7 @@ import pandas as pd
 from ...errors import BatchAborted
 from ...notebook.jobs import DETAIL_DTYPES, Generation
 from ...notebook.prompts import column_slots, frame_slots
+from ...notebook.sweep import Sweep
 from ...types import MinimaLlmFailure
 from . import budget, progress, worker
 from .settings import RunSpec
@@ -35,8 +36,11 @@ def _this_worker() -> Any:
         return None
 
 
-def job_for(part: pd.DataFrame | pd.Series, spec: RunSpec) -> Generation:
+def job_for(part: pd.DataFrame | pd.Series, spec: RunSpec) -> Generation | Sweep:
     """The accessor's job for this partition: its prompts, index, name and request fields."""
+    if spec.grid is not None:  # ddf.minima.sweep: every row under every grid combination
+        slots, _ = frame_slots(part, spec.prompt, spec.system)
+        return Sweep(part, slots, dict(spec.grid), spec.engine.get("model"))
     if isinstance(part, pd.Series):
         column = "<series>" if part.name is None else part.name
         slots = column_slots(part.tolist(), part.index, column, spec.system)
@@ -45,10 +49,15 @@ def job_for(part: pd.DataFrame | pd.Series, spec: RunSpec) -> Generation:
     return Generation(slots, part.index, spec.name, spec.request_params())
 
 
-def generate_partition(part: pd.DataFrame | pd.Series, spec: RunSpec) -> pd.Series | pd.DataFrame:
-    """Answer one partition's prompts; the result equals the pandas accessor's on it."""
+def generate_partition(part: pd.DataFrame | pd.Series, spec: RunSpec,
+                       partition_info: dict[str, Any] | None = None) -> pd.Series | pd.DataFrame:
+    """Answer one partition's prompts; the result equals the pandas accessor's on it.
+
+    ``partition_info`` (given by dask) numbers the partition in its progress events.
+    """
     job = job_for(part, spec)
-    reporter = progress.reporter_for(len(part)) if spec.report else None
+    number = partition_info.get("number") if partition_info else None
+    reporter = progress.reporter_for(len(job.slots), spec.token, number) if spec.report else None
     if reporter is not None:
         reporter.start()
     dask_worker = _this_worker()
@@ -72,7 +81,7 @@ def generate_partition(part: pd.DataFrame | pd.Series, spec: RunSpec) -> pd.Seri
     return value
 
 
-def _all_failed(job: Generation, spec: RunSpec, error_type: str, message: str) -> Any:
+def _all_failed(job: Generation | Sweep, spec: RunSpec, error_type: str, message: str) -> Any:
     model = spec.request_params().get("model") or spec.engine.get("model")
     results = [None if slot is None else MinimaLlmFailure(f"row-{i}", error_type, message, model=model)
                for i, slot in enumerate(job.slots)]

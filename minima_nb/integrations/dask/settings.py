@@ -3,7 +3,7 @@
 ``EngineSettings`` is every :class:`~minima_nb.config.MinimaLlmConfig` setting except the key,
 plus the NAME of the environment variable a worker reads the key from. ``RunSpec`` adds one
 ``generate()`` call's arguments (prompt, system, request fields, details...), the global
-budget it paces under and whether it reports progress. Both are frozen, picklable and free of
+budget it paces under, whether it reports progress and the token its events carry. Both are frozen, picklable and free of
 secrets: Dask pickles them into the graph, ships them to the scheduler (which builds the graph
 since dask 2025.4) and tokenises them into task names.
 """
@@ -77,6 +77,8 @@ class RunSpec:
     name: Hashable | None
     budget: BudgetSpec | None = None
     report: bool = True
+    token: str | None = None  # names the computation in progress events (see .live)
+    grid: tuple[tuple[str, Any], ...] | None = None  # a sweep's grid; None for generate()
 
     def request_params(self) -> dict[str, Any]:
         """The request fields as ``Generation`` takes them."""

@@ -1,7 +1,8 @@
 """The proxy's HTTP face: the aiohttp.web application, its routes, the token check, the size limit.
 
 Routes: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /health`` and ``GET /metrics``; anything else is an OpenAI-shaped 404 (or
+``/models``: the upstream's list, or the configured model when the upstream has none to give or
+``force_model`` is set), ``GET /health`` and ``GET /metrics``; anything else is an OpenAI-shaped 404 (or
 405 for a known path with the wrong method). Every refusal is a clear 4xx and none of them stops
 the server; an unexpected fault in one request is that request's 500.
 
@@ -20,16 +21,21 @@ import logging
 
 from aiohttp import web
 
+from ...engine.transport import Transport
+from ...errors import TransportError
 from ...types import MinimaLlmFailure, MinimaLlmResponse
+from .hits import ParsedBodies, StoredHit
 from .metrics import ProxyMetrics
 from .relay import Relay
 from .translate import (
+    ChatCall,
     ProxyRequestError,
     chat_call,
     completion_body,
     encode_json,
     error_body,
     failure_status,
+    no_cache_requested,
     scrub,
     sse_body,
 )
@@ -46,12 +52,18 @@ _NO_RETRY = {"x-should-retry": "false"}
 _log = logging.getLogger(__name__)
 
 
+def _models_url(base_url: str) -> str:
+    """``GET /models`` beside the configured chat endpoint: ``.../v1`` gets ``/models``."""
+    base = base_url.rstrip("/").removesuffix("/chat/completions")
+    return base + "/models" if base.endswith("/v1") else base + "/v1/models"
+
+
 class ProxyApp:
     """The request handlers of one proxy and the application that routes to them."""
 
     def __init__(self, relay: Relay, metrics: ProxyMetrics, *, token: str | None = None,
                  force_model: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, upstream: Transport | None = None) -> None:
         self.relay = relay
         self.metrics = metrics
         self._expected = f"Bearer {token}".encode() if token else None
@@ -63,6 +75,12 @@ class ProxyApp:
         self._secret = config.api_key
         self._secret_bytes = config.api_key.encode("utf-8") if config.api_key else None
         self._ids = 0
+        self._upstream = upstream  # for GET /models; chat requests go through the relay
+        self._models_url = _models_url(config.base_url)
+        self.__models_headers = {"Accept": "application/json",  # name-mangled: holds the key
+                                 **({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})}
+        self._models_timeout_s = min(10.0, config.timeout_s)
+        self._parsed = ParsedBodies()
         self._answer_headers = {True: {"x-minima-cache": "hit"}, False: {"x-minima-cache": "miss"}}
         self._stream_headers = {hit: {**h, "Cache-Control": "no-cache"}
                                 for hit, h in self._answer_headers.items()}
@@ -101,16 +119,21 @@ class ProxyApp:
             metrics.in_flight -= 1
 
     async def _answer(self, request: web.Request) -> web.Response:
-        raw, body = await self._read_json(request)
+        raw = await self._read_body(request)
         self._ids += 1
-        call = chat_call(body, f"proxy-{self._ids}", default_model=self._model,
-                         force_model=self._force_model,
-                         cache_control=request.headers.get("Cache-Control"))
-        result, hit = await self.relay.answer(call.request, call.no_cache,
-                                              identity=(call.request.model, raw))
+        call, key = self._call_of(raw)
+        cache_control = request.headers.get("Cache-Control")
+        refresh = call.no_cache or (cache_control is not None and no_cache_requested(cache_control))
+        result, hit = await self.relay.answer(call.request, refresh, identity=(call.request.model, raw),
+                                              cached_key=key)
         if self._verbose:
             outcome = "failed" if isinstance(result, MinimaLlmFailure) else "hit" if hit else "miss"
             print(f"  [{call.request.request_id}] {outcome} {call.request.model}", flush=True)
+        if isinstance(result, StoredHit):
+            body = None if call.stream else result.body()
+            if body is not None:  # the stored upstream body, sent as it is
+                return self._response(body, _JSON, self._answer_headers[True])
+            result = result.response(call.request.request_id)
         if isinstance(result, MinimaLlmFailure):
             return self._failure(result)
         assert isinstance(result, MinimaLlmResponse)
@@ -120,11 +143,51 @@ class ProxyApp:
             return self._response(payload, _SSE, self._stream_headers[hit])
         return self._response(encode_json(completion), _JSON, self._answer_headers[hit])
 
+    def _call_of(self, raw: bytes) -> tuple[ChatCall, str | None]:
+        """The request ``raw`` asks for, and its cache key when the body was seen before.
+
+        A body seen before is nearly always a hit and a new one nearly always a miss, so only
+        the first is worth a lookup before the backend (which looks up the second anyway). A
+        body's parse is remembered on its first visit, its key made on its second.
+        """
+        known = self._parsed.get(raw)
+        if known is None:
+            call = self._parse(raw)
+            self._parsed.remember(raw, call, None)
+            return call, None
+        call, key = known
+        if key is None:
+            key = self.relay.key(call.request)
+            self._parsed.remember(raw, call, key)
+        if self._verbose:  # a fresh request id to print
+            call = self._parse(raw)
+        return call, key
+
+    def _parse(self, raw: bytes) -> ChatCall:
+        return chat_call(self._decode(raw), f"proxy-{self._ids}", default_model=self._model,
+                         force_model=self._force_model)
+
     async def _models(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             return self._unauthorized()
+        listed = None if self._force_model else await self._upstream_models()
+        if listed is not None:
+            return self._response(listed, _JSON, {})
         data = [{"id": self._model, "object": "model", "created": 0, "owned_by": "minima-nb"}]
         return self._response(encode_json({"object": "list", "data": data}), _JSON, {})
+
+    async def _upstream_models(self) -> bytes | None:
+        """The upstream's model list as it sent it, or None when it gives no usable one."""
+        if self._upstream is None:
+            return None
+        try:
+            reply = await self._upstream.request("GET", self._models_url, headers=self.__models_headers,
+                                                 timeout_s=self._models_timeout_s)
+            listed = json.loads(reply.body) if reply.status == 200 else None
+        except (TransportError, ValueError, UnicodeDecodeError):
+            return None
+        ok = isinstance(listed, dict) and isinstance(listed.get("data"), list)
+        return reply.body if ok else None
 
     async def _health(self, request: web.Request) -> web.Response:
         return self._response(b'{"status":"ok"}', _JSON, {})
@@ -159,8 +222,8 @@ class ProxyApp:
                            "(MINIMA_PROXY_TOKEN); with openai-python that is api_key=<token>",
                            code="invalid_proxy_token", headers={"WWW-Authenticate": "Bearer"})
 
-    async def _read_json(self, request: web.Request) -> tuple[bytes, object]:
-        """The body as received and as decoded JSON."""
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body as received, within the size limit."""
         limit = self._max_body_bytes
         too_large = ProxyRequestError(
             413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
@@ -173,8 +236,12 @@ class ProxyApp:
             raise too_large from None
         if len(raw) > limit:
             raise too_large
+        return raw
+
+    @staticmethod
+    def _decode(raw: bytes) -> object:
         try:
-            return raw, json.loads(raw)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyRequestError(400, f"the request body is not valid JSON ({exc}); send a "
                                     "chat-completions request as a JSON object") from None

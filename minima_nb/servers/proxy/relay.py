@@ -5,7 +5,9 @@ the proxy, whichever process it runs in. On top of the backend the relay sends i
 requests that are in flight at the same time once: ten notebooks asking the same new prompt at
 once cost one upstream call, and the nine others are answered as hits when it returns. Each
 call runs in its own task, so a client that hangs up does not cancel the answer the others wait
-for (it still lands in the cache).
+for (it still lands in the cache). A request with nothing identical in flight whose cache key the
+caller hands over is first looked up on the hit path (:mod:`.hits`): a stored answer is returned
+there and then, with no task.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Hashable
 from ...cache import cache_key
 from ...engine.backend import OpenAIMinimaLlm
 from ...types import MinimaLlmRequest, MinimaLlmResult
+from .hits import HitPath, StoredHit
 from .metrics import ProxyMetrics
 
 __all__ = ["Relay"]
@@ -29,34 +32,48 @@ class Relay:
         self.metrics = metrics
         self._default_model = backend.config.model
         self._flights: dict[Hashable, asyncio.Task[MinimaLlmResult]] = {}
+        self._hits = HitPath(backend)
 
     async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
-                     identity: Hashable | None = None) -> tuple[MinimaLlmResult, bool]:
+                     identity: Hashable | None = None,
+                     cached_key: str | None = None) -> tuple[MinimaLlmResult | StoredHit, bool]:
         """``(result, answered without an upstream call)``; ``refresh`` skips the cache lookup.
 
-        The result carries the upstream's body in ``raw`` (for a hit, the stored one).
+        A stored answer comes back as a :class:`StoredHit` (its body as stored); anything else
+        as the backend's result, which carries the upstream's body in ``raw``.
         ``identity`` names the request among those in flight (default: its cache key); the
         app passes the model and the body bytes, which identical clients send identically and
         which cost nothing to compare, so a cache hit does not pay for its key twice.
+        ``cached_key`` (the request's :meth:`key`) asks for the hit path: the stored answer is
+        read under that key before anything else; without it the backend does the lookup.
         """
-        key = identity if identity is not None else cache_key(
+        name = identity if identity is not None else cache_key(
             request.model or self._default_model, request.messages, request.temperature,
             request.max_tokens, request.extra)[0]
-        flight = self._flights.get(key)
+        flight = self._flights.get(name)
         if flight is not None:  # the same request is on its way: share its answer
             result = await asyncio.shield(flight)
             self.metrics.hits += 1
             return result, True
+        if cached_key is not None and not refresh:
+            stored = self._hits.find(request, cached_key)
+            if stored is not None:
+                self.metrics.hits += 1
+                return stored, True
         flight = asyncio.get_running_loop().create_task(
             self.backend.generate(request, refresh, include_raw=True))
-        self._flights[key] = flight
-        flight.add_done_callback(lambda done: self._land(key, done))
+        self._flights[name] = flight
+        flight.add_done_callback(lambda done: self._land(name, done))
         result = await asyncio.shield(flight)
         if result.cached:
             self.metrics.hits += 1
         else:
             self.metrics.misses += 1
         return result, result.cached
+
+    def key(self, request: MinimaLlmRequest) -> str | None:
+        """``request``'s cache key as the hit path looks it up (None without a hit path)."""
+        return self._hits.key(request)
 
     def _land(self, key: Hashable, flight: asyncio.Task[MinimaLlmResult]) -> None:
         if self._flights.get(key) is flight:

@@ -7,6 +7,9 @@ finish, then the upstream pool is closed and every answer received is committed 
 
 Listening anywhere but on the loopback interface without a token is refused: anyone who can
 reach the port would be spending the upstream key.
+
+The private loop of ``start()`` (and so of ``minima-nb proxy``) is uvloop's when uvloop is
+installed (the ``fast`` extra) and ``event_loop="auto"``: it serves a cache hit with less CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .relay import Relay
 __all__ = ["ProxyServer"]
 
 _START_TIMEOUT_S = 30.0
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def is_loopback(host: str) -> bool:
@@ -50,7 +54,8 @@ class ProxyServer:
     makes clients send ``Authorization: Bearer <token>``; it is required to listen on anything
     but loopback. ``force_model=True`` answers every request with ``config.model``, whatever
     model the client names. Bodies over ``max_body_bytes`` get 413. ``verbose=True`` prints a
-    line per chat request (minima-llm's option).
+    line per chat request (minima-llm's option). ``event_loop`` picks the loop ``start()`` serves
+    on: ``"auto"`` (uvloop if installed, else asyncio's), ``"asyncio"`` or ``"uvloop"``.
 
     >>> with ProxyServer(config, port=0) as proxy:                              # doctest: +SKIP
     ...     client = openai.OpenAI(base_url=proxy.base_url, api_key="anything")
@@ -59,7 +64,8 @@ class ProxyServer:
     def __init__(self, config: MinimaLlmConfig | None = None, *, host: str = "127.0.0.1",
                  port: int = 8990, token: str | None = None, force_model: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 shutdown_timeout_s: float = 10.0, verbose: bool = False) -> None:
+                 shutdown_timeout_s: float = 10.0, verbose: bool = False,
+                 event_loop: str = "auto") -> None:
         config = config if config is not None else MinimaLlmConfig.from_env()
         token = token if token is not None else proxy_token_from_env()
         if not is_loopback(host) and not token:
@@ -70,6 +76,7 @@ class ProxyServer:
             )
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes={max_body_bytes} must be at least 1.")
+        self._uvloop = _want_uvloop(event_loop)
         self.config = config
         self.metrics = ProxyMetrics()
         self._host, self._requested_port = host, port
@@ -145,7 +152,8 @@ class ProxyServer:
         backend = OpenAIMinimaLlm(config, transport=upstream)
         relay = Relay(backend, self.metrics)
         app = ProxyApp(relay, self.metrics, token=self._token, force_model=self._force_model,
-                       max_body_bytes=self._max_body_bytes, verbose=self._verbose).application()
+                       max_body_bytes=self._max_body_bytes, verbose=self._verbose,
+                       upstream=upstream).application()
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
@@ -229,4 +237,29 @@ class ProxyServer:
             finally:
                 await self.astop()
 
-        asyncio.run(serve())
+        if self._uvloop:
+            import uvloop
+
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
+
+    @property
+    def event_loop(self) -> str:
+        """The loop ``start()`` serves on: ``"uvloop"`` or ``"asyncio"``."""
+        return "uvloop" if self._uvloop else "asyncio"
+
+
+def _want_uvloop(event_loop: str) -> bool:
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop={event_loop!r} is not one of {', '.join(EVENT_LOOPS)}.")
+    if event_loop == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if event_loop == "uvloop":
+            raise ConfigError("event_loop='uvloop' needs uvloop: pip install 'minima-nb[fast]' "
+                              "(or uvloop), or pass event_loop='auto'.") from None
+        return False
+    return True

@@ -23,7 +23,7 @@ from typing import Any
 from ...types import MinimaLlmFailure, MinimaLlmRequest, MinimaLlmResponse
 
 __all__ = ["ChatCall", "ProxyRequestError", "chat_call", "completion_body", "encode_json",
-           "error_body", "failure_status", "scrub", "sse_body"]
+           "error_body", "failure_status", "no_cache_requested", "scrub", "sse_body"]
 
 # Body fields that say how to deliver the answer or who asked, not what to answer.
 DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "cache"})
@@ -133,6 +133,11 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
 def _no_cache(cache: Any, cache_control: str | None) -> bool:
     if isinstance(cache, dict) and cache.get("no-cache") is True:
         return True
+    return no_cache_requested(cache_control)
+
+
+def no_cache_requested(cache_control: str | None) -> bool:
+    """True when a ``Cache-Control`` header value asks for ``no-cache``."""
     if cache_control:
         return "no-cache" in {part.strip().lower() for part in cache_control.split(",")}
     return False
