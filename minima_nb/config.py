@@ -160,6 +160,7 @@ class MinimaLlmConfig:
     compress_gzip: bool = False
     max_outstanding: int = 32
     rpm: int = 600
+    adaptive_rpm: bool = True
     timeout_s: float = 60.0
     max_attempts: int = 6
     base_backoff_s: float = 0.5

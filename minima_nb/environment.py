@@ -46,6 +46,7 @@ ENV_VARS: tuple[tuple[str, str, Any], ...] = (
     ("COMPRESS_GZIP", "compress_gzip", bool),  # minima-llm's name
     ("MAX_OUTSTANDING", "max_outstanding", int),
     ("RPM", "rpm", int),
+    ("ADAPTIVE_RPM", "adaptive_rpm", bool),
     ("TIMEOUT_S", "timeout_s", float),
     ("MAX_ATTEMPTS", "max_attempts", int),
     ("BASE_BACKOFF_S", "base_backoff_s", float),

@@ -21,7 +21,7 @@ from .limits import RateLimitInfo
 from .looplocal import LoopLocal
 from .meter import BatchMeter, current_meter
 from .pacer import RatePacer
-from .retry import RetryPolicy, classify_status, redact
+from .retry import RetryPolicy, classify_status, redact, retry_after_seconds
 from .transport import HttpReply, Transport, make_transport
 from .wire import ParsedAnswer, parse_answer
 
@@ -50,6 +50,7 @@ class Caller:
             cooldown_floor_s=config.cooldown_floor_s,
             cooldown_cap_s=config.cooldown_cap_s,
             cooldown_halflife_s=config.cooldown_halflife_s,
+            adaptive=config.adaptive_rpm,
             clock=clock,
             sleep=sleep,
         )
@@ -112,8 +113,12 @@ class Caller:
                 if meter is not None:
                     meter.attempt_ended(answered=reply is not None)
         latency = self._clock() - started
-        self.pacer.observe(RateLimitInfo.from_headers(reply.headers))
         status = reply.status
+        info = RateLimitInfo.from_headers(reply.headers)
+        # The status first: a 429's cut is taken from the rate before its headers change it.
+        wait = retry_after_seconds(reply.headers) if status == 429 else None
+        self.pacer.answered(started, status, stated=info is not None, retry_after=wait)
+        self.pacer.observe(info)
         try:
             if 200 <= status < 300:
                 return parse_answer(reply.body), latency
@@ -144,8 +149,11 @@ class Caller:
         try:
             if self.policy.is_overload(err):
                 # The shared cooldown makes every worker (this one included) wait in acquire();
-                # sleeping here as well would wait twice for the same signal.
-                self.pacer.overloaded(delay)
+                # sleeping here as well would wait twice for the same signal. Only what the
+                # pacer did not make a shared pause (a probe's 429) is slept here.
+                alone = self.pacer.overloaded(delay) - self._clock() - self.pacer.cooldown_remaining()
+                if alone > 0:
+                    await self._sleep(alone)
             else:
                 await self._sleep(delay)
         finally:

@@ -72,3 +72,14 @@ def test_scripted_429_without_ratelimit_headers_sends_only_retry_after():
         status, headers, _ = post(srv, "p")
     assert status == 429 and headers["retry-after"] == "1"
     assert not [h for h in headers if h.startswith("x-ratelimit")]
+
+
+def test_a_hidden_limit_can_refuse_without_retry_after_and_be_raised_mid_run():
+    """ratelimit_headers=False, retry_after=False: a bare 429; set_rate_limit raises the limit at once."""
+    with MockServer(rate_limit=60, rate_window_s=1.0, ratelimit_headers=False, retry_after=False) as srv:
+        first, refused = post(srv, "h1"), post(srv, "h2")
+        srv.set_rate_limit(180)  # 3 per sliding second now, the one already admitted counted
+        raised = [post(srv, f"h{i}")[0] for i in range(3, 6)]
+    assert first[0] == 200 and refused[0] == 429
+    assert "retry-after" not in refused[1] and not [h for h in refused[1] if h.startswith("x-ratelimit")]
+    assert raised == [200, 200, 429]

@@ -10,7 +10,9 @@ Rate limiting uses a *sliding* 60-second window of admitted requests. The reset 
 ``Retry-After`` both give the time until the oldest request in the window leaves it, i.e. when
 the next request will be admitted again. ``rate_window_s`` enforces the same per-minute limit
 over a shorter window (as OpenAI does: "60 rpm" may be enforced as 1 request per second), so a
-storm test does not need minutes.
+storm test does not need minutes. ``ratelimit_headers=False`` keeps the limit hidden (429s only,
+as vLLM gateways and many proxies do), ``retry_after=False`` drops ``Retry-After`` from those
+429s too, and ``set_rate_limit`` lowers or raises the limit mid-run.
 
 A prompt in DSPy's chat format (it asks for ``[[ ## field ## ]]`` output fields) is answered in
 that format, one deterministic value per field; ``dspy_replies`` picks a well-formed,
@@ -85,7 +87,8 @@ class MockServer:
                  rate_limit: int | None = None, fault_rate: float = 0.0,
                  fault_kinds: Iterable[str] = ("429", "500", "502", "503", "504", "timeout",
                                                "drop", "malformed"),
-                 seed: int = 0, ratelimit_headers: bool = True, timeout_delay_s: float = 30.0,
+                 seed: int = 0, ratelimit_headers: bool = True, retry_after: bool = True,
+                 timeout_delay_s: float = 30.0,
                  require_api_key: str | None = None,
                  clock: Callable[[], float] = time.monotonic, rate_window_s: float = _WINDOW_S,
                  max_body_bytes: int | None = None, redirect_to: str | None = None,
@@ -101,6 +104,7 @@ class MockServer:
         self._fault_rate, self._fault_kinds = fault_rate, check_kinds(fault_kinds)
         self._rng = random.Random(seed)
         self._ratelimit_headers = ratelimit_headers
+        self._retry_after = retry_after
         self._api_key = require_api_key
         self._clock = clock
         self._rate_window_s, self._max_body_bytes = rate_window_s, max_body_bytes
@@ -146,7 +150,8 @@ class MockServer:
             self._scripts.setdefault(prompt, deque()).extend(kinds)
 
     def set_rate_limit(self, rpm: int | None) -> None:
-        """Enforce ``rpm`` requests per minute from now on (None switches the limit off)."""
+        """Enforce ``rpm`` requests per minute from now on, lower or higher than before (None
+        switches the limit off). Requests already in the window count against the new limit."""
         if rpm is not None and rpm < 1:
             raise ValueError(f"rate_limit must be a positive number of requests/minute, got {rpm}")
         with self._lock:
@@ -301,7 +306,8 @@ class MockServer:
             return error_response(401, self._rate_check(consume=False)[0]), 401
         headers, retry_after = self._rate_check(consume=True)
         if retry_after is not None:
-            headers = {**headers, "Retry-After": str(retry_after)}
+            if self._retry_after:
+                headers = {**headers, "Retry-After": str(retry_after)}
             return error_response(429, headers, RATE_LIMITED), 429
         if body is None:
             error = ("Request body is not a JSON object", "invalid_request_error", None)
