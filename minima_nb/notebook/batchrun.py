@@ -8,9 +8,10 @@ display's ``close()`` for the caller and makes its final line a measurement of t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from ..engine.progress import make_sink
@@ -72,6 +73,24 @@ def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_ro
     return options
 
 
+@contextlib.contextmanager
+def _finished_as(sink: CloseOnCaller, *, interrupted_by: type[BaseException]) -> Iterator[None]:
+    """Finish ``sink`` with how the block ended: done, aborted (``BatchAborted``), interrupted
+    (``interrupted_by``), else error. The batch's own closing status, when it closed, wins."""
+    status = "error"
+    try:
+        yield
+        status = "done"
+    except BatchAborted:
+        status = "aborted"
+        raise
+    except interrupted_by:
+        status = "interrupted"
+        raise
+    finally:
+        sink.finish(status)
+
+
 def run_batch(
     backend: Any,
     requests: Sequence[MinimaLlmRequest],
@@ -89,24 +108,13 @@ def run_batch(
     ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it);
     ``setup`` prepares the sink (its preview and notes); ``started`` (``time.monotonic()``
     when the call began) makes the final line's rates cover the whole call."""
-    sink = CloseOnCaller(setup(sink_for(backend, progress, label)), started)
-    status = "error"  # the batch's own closing status wins; this is for when it never closed
-    try:
-        from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
+    from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
 
+    sink = CloseOnCaller(setup(sink_for(backend, progress, label)), started)
+    with _finished_as(sink, interrupted_by=KeyboardInterrupt):
         batch = guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, False,
                                                                      cached_rows)))
-        results = run_sync(batch, on_poll=sink.draw)
-        status = "done"
-        return results
-    except BatchAborted:
-        status = "aborted"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        sink.finish(status)
+        return run_sync(batch, on_poll=sink.draw)
 
 
 async def arun_batch(
@@ -122,17 +130,8 @@ async def arun_batch(
     started: float | None = None,
 ) -> list[Any]:
     sink = CloseOnCaller(setup(sink_for(backend, progress, label)), started)
-    status = "error"
-    try:
+    # a cancelled await (the caller's Ctrl-C) or an error both read as interrupted here
+    with _finished_as(sink, interrupted_by=BaseException):
         results: list[Any] = await guard(backend.run_batched(
             requests, **_batch_options(force_refresh, sink, True, cached_rows)))
-        status = "done"
         return results
-    except BatchAborted:
-        status = "aborted"
-        raise
-    except BaseException:  # a cancelled await (the caller's Ctrl-C) or an error
-        status = "interrupted"
-        raise
-    finally:
-        sink.finish(status)

@@ -10,8 +10,10 @@ then followed through ``cancelling`` to ``cancelled``, keeping the partial outpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ...engine.progress import make_sink
@@ -42,19 +44,9 @@ class Waiting:
         drawing its progress between steps: ``True`` the widget in a Jupyter kernel and text
         lines elsewhere, ``"text"``, ``"notebook"``, ``False``, or a view (see :mod:`.view`)."""
         view, sink = self._views(progress)
-        status = "interrupted"
-        try:
+        with self._shown_until_done(view or sink, (KeyboardInterrupt, asyncio.CancelledError)):
             await self._steps(view, sink, timeout_s, draw=True)
-            status = "done"
             return self
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            self._say_interrupted()
-            raise
-        except BaseException:
-            status = "error"
-            raise
-        finally:
-            (view or sink).close(status)
 
     def wait(self, timeout_s: float | None = None, *, progress: Any = True) -> Any:
         """:meth:`await_done` from sync code (Ctrl-C stops waiting, the batches keep running).
@@ -66,19 +58,29 @@ class Waiting:
 
         view, sink = self._views(progress)
         shown = view or sink
+        with self._shown_until_done(shown, (KeyboardInterrupt,), draw_last=True):
+            run_sync(self._steps(view, sink, timeout_s, draw=False), on_poll=shown.draw)
+            return self
+
+    @contextlib.contextmanager
+    def _shown_until_done(self, shown: Any, interrupts: tuple[type[BaseException], ...], *,
+                          draw_last: bool = False) -> Iterator[None]:
+        """Close the display with how the wait ended: done, interrupted (``interrupts``: the
+        message says how to resume or cancel) or error; ``draw_last`` draws once more first
+        (a sync wait draws on its own thread between polls)."""
         status = "interrupted"
         try:
-            run_sync(self._steps(view, sink, timeout_s, draw=False), on_poll=shown.draw)
+            yield
             status = "done"
-            return self
-        except KeyboardInterrupt:
+        except interrupts:
             self._say_interrupted()
             raise
         except BaseException:
             status = "error"
             raise
         finally:
-            shown.draw()
+            if draw_last:
+                shown.draw()
             shown.close(status)
 
     def _views(self, progress: Any) -> tuple[Any, Any]:
