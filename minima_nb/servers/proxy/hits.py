@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...cache import PromptCache, cache_key, key_function
+from ...cache import CachedAnswer, PromptCache, cache_key, key_function
 from ...engine.backend import OpenAIMinimaLlm
 from ...types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .translate import ChatCall
@@ -71,15 +71,10 @@ class ParsedBodies:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredHit:
-    """A cached answer as read for the proxy: the row's fields and the stored body's text."""
+class StoredHit(CachedAnswer):
+    """A cached answer as read for the proxy: the lookup's fields, then the stored body's text
+    (in :meth:`PromptCache.get_with_raw`'s order)."""
 
-    text: str
-    input_tokens: int | None
-    output_tokens: int | None
-    finish_reason: str | None
-    latency_s: float | None
-    model: str | None
     raw_json: str | None
 
     def body(self) -> bytes | None:
