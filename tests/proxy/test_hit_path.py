@@ -120,13 +120,15 @@ def test_streaming_hits_and_parameters_keep_their_own_keys(proxy, upstream):
 
 def test_remembered_parses_are_bounded_in_bytes():
     memo = ParsedBodies(max_bytes=100, max_body_bytes=40)
-    memo.remember(b"a" * 40, "call a", "key a")  # type: ignore[arg-type]
-    memo.remember(b"b" * 41, "call b", "key b")  # type: ignore[arg-type]  # too large to keep
+    memo.remember(b"a" * 40, ("call a", "key a"))  # type: ignore[arg-type]
+    memo.remember(b"b" * 41, ("call b", "key b"))  # type: ignore[arg-type]  # too large to keep
     assert memo.get(b"a" * 40) == ("call a", "key a") and memo.get(b"b" * 41) is None
     for letter in "cde":
-        memo.remember(letter.encode() * 40, f"call {letter}", None)  # type: ignore[arg-type]
+        memo.remember(letter.encode() * 40)
     assert len(memo) == 2 and memo.get(b"a" * 40) is None  # the oldest went first
-    assert memo.get(b"e" * 40) == ("call e", None)
+    assert memo.seen(b"e" * 40) and memo.get(b"e" * 40) is None  # bytes only, until it comes again
+    memo.remember(b"e" * 40, ("call e", None))  # type: ignore[arg-type]
+    assert len(memo) == 2 and memo.get(b"e" * 40) == ("call e", None)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])

@@ -148,17 +148,19 @@ class ProxyApp:
 
         A body seen before is nearly always a hit and a new one nearly always a miss, so only
         the first is worth a lookup before the backend (which looks up the second anyway). A
-        body's parse is remembered on its first visit, its key made on its second.
+        body's bytes are remembered on its first visit, its parse and key on its second.
         """
-        known = self._parsed.get(raw)
+        memo = self._parsed
+        known = memo.get(raw)
         if known is None:
             call = self._parse(raw)
-            self._parsed.remember(raw, call, None)
-            return call, None
+            if not memo.seen(raw):
+                memo.remember(raw)
+                return call, None
+            known = (call, self.relay.key(call.request))
+            memo.remember(raw, known)
+            return known
         call, key = known
-        if key is None:
-            key = self.relay.key(call.request)
-            self._parsed.remember(raw, call, key)
         if self._verbose:  # a fresh request id to print
             call = self._parse(raw)
         return call, key

@@ -154,8 +154,11 @@ class ProxyServer:
         app = ProxyApp(relay, self.metrics, token=self._token, force_model=self._force_model,
                        max_body_bytes=self._max_body_bytes, verbose=self._verbose,
                        upstream=upstream).application()
+        # handler_cancellation=False (aiohttp's default since 3.9, said here because the relay
+        # relies on it): a client hanging up does not cancel the upstream call that its handler
+        # makes for every identical request in flight, nor the answer's way into the cache.
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=self._shutdown_timeout_s)
+                               shutdown_timeout=self._shutdown_timeout_s, handler_cancellation=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, self._host, self._requested_port).start()
