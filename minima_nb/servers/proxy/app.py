@@ -227,18 +227,20 @@ class ProxyApp:
     async def _read_body(self, request: web.Request) -> bytes:
         """The body as received, within the size limit."""
         limit = self._max_body_bytes
-        too_large = ProxyRequestError(
-            413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
-                 "(max_body_bytes)", code="request_too_large")
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise self._too_large()
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+            raise self._too_large() from None
         if len(raw) > limit:
-            raise too_large
+            raise self._too_large()
         return raw
+
+    def _too_large(self) -> ProxyRequestError:
+        return ProxyRequestError(
+            413, f"the request body is larger than this proxy's limit of {self._max_body_bytes:,} "
+                 "bytes (max_body_bytes)", code="request_too_large")
 
     @staticmethod
     def _decode(raw: bytes) -> object:
