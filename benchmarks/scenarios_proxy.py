@@ -58,6 +58,9 @@ def _serve_minima(upstream: str, port: int, workdir: str) -> None:
     config = MinimaLlmConfig(base_url=upstream, model="mock-model", api_key="sk-bench",
                              cache_dir=workdir, rpm=0, max_outstanding=CONCURRENCY)
     serve = ProxyServer(config, port=port).run()
+    import gc
+
+    gc.freeze()  # as ``minima-nb proxy`` does once it listens (minima_nb/cli/proxy.py)
     if _UVLOOP:
         import uvloop
 
