@@ -54,13 +54,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def _serve_minima(upstream: str, port: int, workdir: str) -> None:
     from minima_nb import MinimaLlmConfig, ProxyServer
+    from minima_nb.servers.proxy.server import tune_gc_for_serving
 
     config = MinimaLlmConfig(base_url=upstream, model="mock-model", api_key="sk-bench",
                              cache_dir=workdir, rpm=0, max_outstanding=CONCURRENCY)
     serve = ProxyServer(config, port=port).run()
-    import gc
-
-    gc.freeze()  # as ``minima-nb proxy`` does once it listens (minima_nb/cli/proxy.py)
+    tune_gc_for_serving()  # as ``minima-nb proxy`` does once it listens (minima_nb/cli/proxy.py)
     if _UVLOOP:
         import uvloop
 
@@ -445,7 +444,8 @@ def _section(figures: dict[tuple[str, str], list[dict[str, Any]]], n: int, n_hit
                "upstream through the engine (pacer, retries) and is queued for the cache's "
                "writer thread, whose CPU is the proxy process's too. minima's proxy is served "
                "as `minima-nb proxy` serves it: what starting made is frozen out of the garbage "
-               "collector (gc.freeze) once it listens; the floors are plain aiohttp.web.",
+               "collector (gc.freeze) and young collections wait for 5,000 new objects once it "
+               "listens; the floors are plain aiohttp.web.",
                "LiteLLM ran one round (its throughput makes more rounds minutes long)."],
         targets=targets,
     )

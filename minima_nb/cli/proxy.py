@@ -8,7 +8,6 @@ gracefully (answers in progress finish, the cache is committed) and prints one c
 from __future__ import annotations
 
 import argparse
-import gc
 import signal
 import sys
 import threading
@@ -47,6 +46,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     from ..config import MinimaLlmConfig
     from ..errors import ConfigError
     from ..proxy import ProxyServer
+    from ..servers.proxy.server import tune_gc_for_serving
 
     try:
         config = MinimaLlmConfig.from_yaml(args.config) if args.config else MinimaLlmConfig.from_env()
@@ -59,11 +59,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     except OSError as exc:
         fail(f"proxy: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1
-    # This process is the proxy's alone: what starting it made (every imported module: pandas,
-    # aiohttp, the app) lives as long as the process, so it leaves the collector's care. A full
-    # collection under load then walks the requests' own objects, not some 80,000 that never
-    # die (about a tenth of a cache miss's CPU, measured in bench scenario 8).
-    gc.freeze()
+    tune_gc_for_serving()  # this process is the proxy's alone
     print(f"minima-nb proxy listening on {proxy.base_url} -> {config.base_url} "
           f"(model {config.model}, cache {config.cache_dir or 'off'}); point clients at it with: "
           f"export OPENAI_BASE_URL={proxy.base_url}  (Ctrl-C stops it)", flush=True)

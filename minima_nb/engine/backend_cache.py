@@ -20,7 +20,6 @@ from ..types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .pulse import BackendPulse
 from .wire import ParsedAnswer
 
-
 _MAX_KEY_FUNCTIONS = 256  # distinct (model, temperature, max_tokens) sets kept ready by _key
 
 
