@@ -408,6 +408,20 @@ def test_texts_of_lays_answers_out_in_the_callers_order(tmp_path):
         assert (stats["hits"], stats["misses"]) == (3, 2)  # each key given, repeats too
 
 
+@pytest.mark.parametrize("key_of", [str, lambda i: f'k"{i}\\é\n😀\u2028'], ids=["plain", "escaped"])
+def test_texts_of_keeps_order_over_many_reads(tmp_path, key_of):
+    """Over more keys than one read takes, shuffled, repeated and missing, texts_of answers each
+    position with its key's text; keys that need JSON escaping too; the IN path agrees."""
+    rng = random.Random(5)
+    with PromptCache(tmp_path, flush_interval_s=60) as cache:
+        stored = {key_of(i): f"text {i} ü" for i in range(0, 12_000, 2)}
+        cache.put_many([(k, None, "m", "[]", "{}", t, None, None, None, None, None, 1.0) for k, t in stored.items()])
+        cache.flush()
+        keys = [key_of(rng.randrange(12_000)) for _ in range(11_000)] + [None, key_of(4)]
+        assert cache.texts_of(keys) == [None if k is None else stored.get(k) for k in keys]
+        assert cache._texts_keyed(keys[:-2]) == cache.texts_of(keys[:-2])  # noqa: SLF001  - SQLite without JSON
+
+
 def test_bulk_reads_count_misses_only_when_asked(tmp_path):
     """count_misses=False leaves misses unchanged; hits are counted either way."""
     with PromptCache(tmp_path, flush_interval_s=60) as cache:
