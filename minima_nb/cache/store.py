@@ -1,8 +1,9 @@
 """The SQLite prompt cache: the file and its schema, stored rows, batched reads, queued writes.
 
 One file, ``{cache_dir}/minima_llm.db``, in WAL mode so readers never wait for the writer and
-several processes can share it. Reads run on the caller's thread (one connection per thread)
-and are batched with ``WHERE key IN (...)``. Writes never run on the caller's thread: ``put()``
+several processes can share it. Reads run on the caller's thread (one connection per thread,
+the file mapped, writes refused) and are batched: ``WHERE key IN (...)``, or for a column of
+texts one ``json_each`` join that answers the keys in their order (``texts_of``). Writes never run on the caller's thread: ``put()``
 queues the row and a single daemon thread groups queued rows into one transaction per batch,
 committing each row within about ``flush_interval_s``. Rows hold the request (model, messages,
 params as JSON), the answer and its usage, so the file can be inspected with any SQLite tool

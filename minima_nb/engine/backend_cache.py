@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function, keys_function
+from ..cache import (
+    Adoption,
+    CachedAnswer,
+    KeyTracer,
+    PromptCache,
+    Wanted,
+    cache_key,
+    key_function,
+    keys_function,
+)
 from ..config import MinimaLlmConfig
 from ..types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .pulse import BackendPulse

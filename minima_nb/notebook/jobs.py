@@ -238,7 +238,7 @@ class _Job:
     def run(
         self, backend: Any, *, details: bool, progress: Any, force_refresh: bool
     ) -> tuple[Any, str | None]:
-        if all(messages is None for messages in self.slots):  # no backend, no network, no bar
+        if self.slots.count(None) == len(self.slots):  # no prompt: no backend, no network, no bar
             return self.shape([None] * len(self.slots), details)
         started = time.monotonic()
         backend = session.get_backend() if backend is None else backend
@@ -255,7 +255,7 @@ class _Job:
     async def arun(
         self, backend: Any, *, details: bool, progress: Any, force_refresh: bool
     ) -> tuple[Any, str | None]:
-        if all(messages is None for messages in self.slots):
+        if self.slots.count(None) == len(self.slots):
             return self.shape([None] * len(self.slots), details)
         started = time.monotonic()
         backend = session.get_backend() if backend is None else backend
