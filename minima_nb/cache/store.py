@@ -3,11 +3,11 @@
 One file, ``{cache_dir}/minima_llm.db``, in WAL mode so readers never wait for the writer and
 several processes can share it. Reads run on the caller's thread (one connection per thread,
 the file mapped, writes refused) and are batched: ``WHERE key IN (...)``, or for a column of
-texts one ``json_each`` join that answers the keys in their order (``texts_of``). Writes never run on the caller's thread: ``put()``
-queues the row and a single daemon thread groups queued rows into one transaction per batch,
-committing each row within about ``flush_interval_s``. Rows hold the request (model, messages,
-params as JSON), the answer and its usage, so the file can be inspected with any SQLite tool
-and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
+texts a ``json_each`` join that answers the keys in their order (``texts_of``). Writes never
+run on the caller's thread: ``put()`` queues the row and a single daemon thread groups queued
+rows into one transaction per batch, committing each row within about ``flush_interval_s``.
+Rows hold the request (model, messages, params as JSON), the answer and its usage, so the file
+can be inspected with any SQLite tool and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
 
 Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file` and the writer thread
@@ -122,8 +122,8 @@ _FIRST = operator.itemgetter(0)
 def _json_array(keys: list[str]) -> str:
     """The JSON array of ``keys``, joined directly when no key needs escaping (cache keys are hex)."""
     body = '","'.join(keys)
-    if body.isprintable() and "\\" not in body and body.count('"') == 2 * (len(keys) - 1):
-        return '["' + body + '"]' if keys else "[]"
+    if keys and body.isprintable() and "\\" not in body and body.count('"') == 2 * (len(keys) - 1):
+        return '["' + body + '"]'
     return _to_json(keys)
 
 
@@ -319,12 +319,11 @@ class PromptCache:
         from memory. Each key counts in :meth:`stats`, a repeated one each time.
         """
         present: list[Any] = [k for k in keys if k is not None] if None in keys else list(keys)
+        # Queued rows are taken before the file is read: one committed in between is in the file.
+        queued = self._pending_rows(present)
         texts: list[str | None] = self._texts_in_order(present) if _json_each_works() else self._texts_keyed(present)
-        with self._lock:
-            self._drop_committed()
-            if self._pending:  # the newest answer of a key is the queued one
-                pending = self._pending
-                texts = [pending[k][1][5] if k in pending else text for k, text in zip(present, texts, strict=True)]
+        if queued:  # the newest answer of a key is the queued one
+            texts = [queued[k][0] if k in queued else text for k, text in zip(present, texts, strict=True)]
         misses = texts.count(None)
         self._count(len(texts) - misses, misses if count_misses else 0)
         if len(present) == len(keys):
@@ -361,7 +360,7 @@ class PromptCache:
 
         Queued rows are answered from memory; the rest are read ``IN (...)`` 500 keys at a time.
         """
-        unique = list(keys) if type(keys) is dict else list(dict.fromkeys(keys))  # a dict's keys are unique
+        unique = list(dict.fromkeys(keys))
         queued = self._pending_rows(unique)
         found = queued if pairs_of is not None else {k: row[0] for k, row in queued.items()}
         to_read = [k for k in unique if k not in found] if found else unique
