@@ -3,8 +3,9 @@
 Internal: users reach the cache through a backend (``backend.cache``) and ``minima_nb.export``.
 This package face gathers the names the backend and the export use, so neither imports the
 modules below it: :mod:`.key` (the canonical request and its SHA-256), :mod:`.file` (the file,
-schema and migrations), :mod:`.writer` (the one writer thread), :mod:`.store` (``PromptCache``),
-:mod:`.legacy` (minima-llm 0.2.x's table) and :mod:`.adoption` (where a miss looks next).
+schema and migrations), :mod:`.writer` (the one writer thread), :mod:`.reads` (the read
+queries), :mod:`.store` (``PromptCache``), :mod:`.legacy` (minima-llm 0.2.x's table) and
+:mod:`.adoption` (where a miss looks next).
 """
 
 from .adoption import Adoption, Wanted

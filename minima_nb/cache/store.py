@@ -10,16 +10,14 @@ Rows hold the request (model, messages, params as JSON), the answer and its usag
 can be inspected with any SQLite tool and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
 
-Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file` and the writer thread
-in :mod:`.writer`; the package (``minima_nb.cache``) gathers the names the rest of minima_nb uses.
+Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file`, the read queries in
+:mod:`.reads` and the writer thread in :mod:`.writer`; the package (``minima_nb.cache``) gathers the names the rest of minima_nb uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import functools
 import json
 import logging
 import operator
@@ -39,14 +37,11 @@ from .file import CACHE_FILENAME, COLUMNS, open_file, prepare_directory
 from .key import (
     string_messages_json,
 )
-from .writer import BatchWriter, connect
+from .reads import FIRST_ROWID, READ_CHUNK, page_rows, page_sql, read_connection, texts_in_order
+from .writer import BatchWriter
 
 __all__ = ["CacheRow", "CachedAnswer", "FIRST_ROWID", "PromptCache", "READ_CHUNK", "page_rows", "page_sql"]
 
-READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
-# Reader connections map the file (up to this many bytes) instead of copying each page through
-# read(): measured, a quarter off a batched lookup of 100k keys. Address space, not memory.
-_READ_MMAP_BYTES = 1 << 30
 _log = logging.getLogger(__name__)
 
 _UPSERT = (
@@ -103,41 +98,6 @@ def _keyed_rows(rows: list[tuple[Any, ...]]) -> Iterable[tuple[str, tuple[Any, .
     return zip(map(_KEY_OF_ROW, rows), rows, strict=True)
 
 
-def _read_connection(path: Path) -> sqlite3.Connection:
-    """A connection for reads only (the writer thread has its own): file mapped, writes refused."""
-    conn = connect(path)
-    conn.execute(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
-    conn.execute("PRAGMA query_only=1")  # a read path can never change the file by mistake
-    return conn
-
-
-# One row per key of the JSON array bound, in the array's order: a LEFT JOIN keeps its left
-# table (json_each, which walks the array in order) as the outer loop, and the key is unique,
-# so each key gives exactly one row, its text or NULL. An ORDER BY would add a sort.
-_TEXTS_IN_ORDER = "SELECT r.text FROM json_each(?) AS j LEFT JOIN responses AS r ON r.key = j.value"
-_ORDERED_CHUNK = 5000  # keys per ordered read: a bound array of ~330 KB
-_FIRST = operator.itemgetter(0)
-
-
-def _json_array(keys: list[str]) -> str:
-    """The JSON array of ``keys``, joined directly when no key needs escaping (cache keys are hex)."""
-    body = '","'.join(keys)
-    if keys and body.isprintable() and "\\" not in body and body.count('"') == 2 * (len(keys) - 1):
-        return '["' + body + '"]'
-    return _to_json(keys)
-
-
-@functools.cache
-def _json_each_works() -> bool:
-    """Whether this process's SQLite has ``json_each`` (built in since 3.38; optional before)."""
-    try:
-        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-            conn.execute("SELECT value FROM json_each('[1]')").fetchall()
-    except sqlite3.OperationalError:
-        return False
-    return True
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):  # e.g. MappingProxyType in a frozen request
         return dict(obj)
@@ -159,44 +119,6 @@ def _row_from_db(values: Sequence[Any]) -> CacheRow:
     key, namespace, model, messages, params, text, raw, *rest = values
     return CacheRow(key, namespace, model, json.loads(messages or "[]"), json.loads(params or "{}"),
                     text, None if raw is None else json.loads(raw), *rest)
-
-
-FIRST_ROWID = -(2**63)  # below every rowid: "after FIRST_ROWID" is from the start
-
-
-def page_sql(where_sql: str, include_raw: bool) -> str:
-    """The query of one page of stored rows ``(rowid, *COLUMNS)`` matching ``where_sql``.
-
-    Its parameters: the rowid to start after, ``where_sql``'s own, and the page size; ``raw``
-    is NULL unless ``include_raw``.
-    """
-    columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
-    condition = f" AND ({where_sql})" if where_sql.strip() else ""
-    return f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
-
-
-def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, params: Sequence[Any],
-              chunk_size: int, include_raw: bool, limit: int | None = None,
-              after: int = FIRST_ROWID) -> Iterator[list[tuple[Any, ...]]]:
-    """Stored rows ``(rowid, *COLUMNS)`` after rowid ``after``, in insert order, in lists of up
-    to ``chunk_size``.
-
-    Pages by rowid, one short ``query(sql, params)`` per list, so no read stays open between
-    lists; ``raw`` is NULL unless ``include_raw``; at most ``limit`` rows when given.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
-    sql = page_sql(where_sql, include_raw)
-    last, left = after, limit
-    while left is None or left > 0:
-        size = chunk_size if left is None else min(chunk_size, left)
-        rows = query(sql, (last, *params, size))
-        if rows:
-            last = rows[-1][0]
-            yield rows
-        left = None if left is None else left - len(rows)
-        if len(rows) < size:
-            return
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -244,7 +166,7 @@ class PromptCache:
             raise CacheError(f"the cache {str(self.path)!r} is {state}; open it again to read.")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _read_connection(self.path)
+            conn = read_connection(self.path)
             with self._lock:
                 self._connections.append(conn)
             self._local.conn = conn
@@ -321,7 +243,7 @@ class PromptCache:
         present: list[Any] = [k for k in keys if k is not None] if None in keys else list(keys)
         # Queued rows are taken before the file is read: one committed in between is in the file.
         queued = self._pending_rows(present)
-        texts: list[str | None] = self._texts_in_order(present) if _json_each_works() else self._texts_keyed(present)
+        texts = texts_in_order(self._query, present)
         if queued:  # the newest answer of a key is the queued one
             texts = [queued[k][0] if k in queued else text for k, text in zip(present, texts, strict=True)]
         misses = texts.count(None)
@@ -330,24 +252,6 @@ class PromptCache:
             return texts
         answers = iter(texts)  # back to the caller's positions: None keys stay None
         return [None if k is None else next(answers) for k in keys]
-
-    def _texts_in_order(self, keys: list[str]) -> list[str | None]:
-        texts: list[str | None] = []
-        for start in range(0, len(keys), _ORDERED_CHUNK):
-            chunk = keys[start : start + _ORDERED_CHUNK]
-            rows = self._query(_TEXTS_IN_ORDER, (_json_array(chunk),))
-            texts.extend(map(_FIRST, rows))
-        return texts
-
-    def _texts_keyed(self, keys: list[str]) -> list[str | None]:
-        """:meth:`_texts_in_order` through ``IN (...)`` reads, for an SQLite built without JSON."""
-        found: dict[str, str] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), READ_CHUNK):
-            chunk = unique[start : start + READ_CHUNK]
-            found.update(self._query(f"SELECT key, text FROM responses WHERE key IN ({','.join('?' * len(chunk))})",
-                                     chunk))
-        return list(map(found.get, keys))
 
     def _read_many(
         self,
