@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function
+from ..cache import (
+    Adoption,
+    CachedAnswer,
+    KeyTracer,
+    PromptCache,
+    Wanted,
+    cache_key,
+    key_function,
+    keys_function,
+)
 from ..config import MinimaLlmConfig
 from ..types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .pulse import BackendPulse
@@ -62,20 +71,35 @@ class CacheSide:
         """
         if self._cache is None or self.config.force_refresh:
             return [None] * len(prompts)
-        key_of = key_function(model or self.config.model, temperature, max_tokens, extra,
-                              self.config.cache_namespace)
-        keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
-        read = self._cache.get_texts if text_only else self._cache.get_many_rows
-        found = read((k for k in keys if k is not None), count_misses=False)
-        self._pulse.record_hits(len(found))
-        if self._adoption is not None and len(found) < len(keys):
-            name = model or self.config.model
-            adopted = self._adoption.find([Wanted(k, name, p, temperature, max_tokens, extra)
-                                           for k, p in zip(keys, prompts, strict=True) if k is not None and k not in found])
-            found.update({k: row[0] if text_only else row for k, (row, _) in adopted.items()})  # type: ignore[misc]
+        name = model or self.config.model
+        namespace = self.config.cache_namespace
+        keys: list[str | None]
+        if self._tracer is None:
+            keys = keys_function(name, temperature, max_tokens, extra, namespace)(prompts)
+        else:  # the trace writes each key's canonical JSON: the per-prompt path spells it
+            key_of = key_function(name, temperature, max_tokens, extra, namespace)
+            keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
+        found = self._found(self._cache, keys, text_only)
+        unfound = found.count(None)
+        self._pulse.record_hits(len(found) - unfound)
+        if self._adoption is not None and unfound > keys.count(None):  # a row with a prompt missed
+            missed = [(i, k) for i, (k, hit) in enumerate(zip(keys, found, strict=True)) if hit is None and k is not None]
+            adopted = self._adoption.find([Wanted(k, name, prompts[i], temperature, max_tokens, extra) for i, k in missed])
+            for i, k in missed:
+                answer = adopted.get(k)
+                if answer is not None:
+                    found[i] = answer[0][0] if text_only else answer[0]
             for _, source in adopted.values():
                 self._pulse.record_hits(1, source)
-        return [None if key is None else found.get(key) for key in keys]
+        return found
+
+    @staticmethod
+    def _found(cache: PromptCache, keys: list[str | None], text_only: bool) -> list[Any]:
+        """Per key its cached text (``text_only``) or row, else None; in the order of ``keys``."""
+        if text_only:
+            return cache.texts_of(keys, count_misses=False)
+        rows: dict[Any, tuple[Any, ...]] = cache.get_many_rows((k for k in keys if k is not None), count_misses=False)
+        return list(map(rows.get, keys))  # rows.get(None) is None
 
     def cache_stats(self) -> dict[str, Any]:
         """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
