@@ -107,8 +107,19 @@ def _jsonable(obj: Any) -> Any:
 _to_json = json.JSONEncoder(ensure_ascii=False, default=_jsonable).encode
 
 
+_json_string = json.encoder.encode_basestring  # the encoder's own escaper (ensure_ascii=False)
+
+
 def _messages_json(messages: Any) -> str:
     """``_to_json(messages)``, spelled directly for the usual list of string dicts (one per answer)."""
+    if type(messages) is list and len(messages) == 1:
+        # The commonest request of all, one {"role", "content"} message in that order, spelled
+        # without the general helper's loop (this runs once per stored answer).
+        message = messages[0]
+        if type(message) is dict and len(message) == 2 and next(iter(message)) == "role":
+            role, content = message["role"], message.get("content")
+            if type(role) is str and type(content) is str:
+                return '[{"role": ' + _json_string(role) + ', "content": ' + _json_string(content) + "}]"
     spelled = string_messages_json(messages, canonical=False)
     return _to_json(messages) if spelled is None else spelled
 
@@ -313,14 +324,15 @@ class PromptCache:
                         row.input_tokens, row.output_tokens, row.finish_reason, row.latency_s,
                         row.created_at, row.raw_json)
 
-    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict,
+    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict | None,
                    text: str, raw: dict | None = None, input_tokens: int | None = None,
                    output_tokens: int | None = None, finish_reason: str | None = None,
                    latency_s: float | None = None, created_at: float = 0.0,
                    raw_json: str | None = None, params_json: str | None = None) -> None:
         """``put(CacheRow(...))`` with CacheRow's fields as arguments: the backend's path, which
         saves building a row object per answer. ``params_json``, when given, is ``params``
-        already serialised (the backend reuses one per set of request fields)."""
+        already serialised (the backend reuses one per set of request fields), and ``params``
+        may then be None."""
         # Validated and serialised here, on the caller's thread, so a bad row fails where it was made.
         if not isinstance(text, str):
             raise ValueError(f"cache row {key!r} has text={text!r}; only string answers are cached.")
