@@ -26,7 +26,6 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,19 @@ def _jsonable(obj: Any) -> Any:
 _to_json = json.JSONEncoder(ensure_ascii=False, default=_jsonable).encode
 
 
+_json_string = json.encoder.encode_basestring  # the encoder's own escaper (ensure_ascii=False)
+
+
 def _messages_json(messages: Any) -> str:
     """``_to_json(messages)``, spelled directly for the usual list of string dicts (one per answer)."""
+    if type(messages) is list and len(messages) == 1:
+        # The commonest request of all, one {"role", "content"} message in that order, spelled
+        # without the general helper's loop (this runs once per stored answer).
+        message = messages[0]
+        if type(message) is dict and len(message) == 2 and next(iter(message)) == "role":
+            role, content = message["role"], message.get("content")
+            if type(role) is str and type(content) is str:
+                return '[{"role": ' + _json_string(role) + ', "content": ' + _json_string(content) + "}]"
     spelled = string_messages_json(messages, canonical=False)
     return _to_json(messages) if spelled is None else spelled
 
@@ -150,12 +160,9 @@ class PromptCache:
         self._hits = 0
         self._misses = 0
         self._writer = BatchWriter(self.path, _UPSERT, flush_interval_s, max_batch_rows)
-        # Rows queued but not yet committed, in queue order, so that a prompt asked again
-        # straight after its answer arrived is a hit rather than a second paid request.
-        # Each entry holds the row's sequence number and its serialised values; the answer object
-        # is only built if the row is read before it is committed (rare).
-        self._pending: OrderedDict[str, tuple[int, tuple[Any, ...]]] = OrderedDict()
-        self._dropped_upto = 0  # the writer's ``done`` when _pending was last trimmed
+        # Rows put but not committed yet are read back from the writer's lots (BatchWriter.queued),
+        # so that a prompt asked again straight after its answer arrived is a hit rather than a
+        # second paid request; the answer object is only built if such a row is read (rare).
         _OPEN_CACHES.add(self)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -185,22 +192,7 @@ class PromptCache:
 
     def _pending_rows(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
         """Answers among ``keys`` queued for writing but not committed yet, as get_many_rows() tuples."""
-        with self._lock:
-            self._drop_committed()
-            if not self._pending:
-                return {}
-            return {k: _ANSWER_ROW(self._pending[k][1]) for k in keys if k in self._pending}
-
-    def _drop_committed(self) -> None:
-        done = self._writer.done
-        if done == self._dropped_upto:  # nothing committed since the last look (most puts)
-            return
-        self._dropped_upto = done
-        while self._pending:
-            key, (seq, _) = next(iter(self._pending.items()))
-            if seq > done:
-                return
-            del self._pending[key]
+        return {k: _ANSWER_ROW(values) for k, values in self._writer.queued_many(keys).items()}
 
     def get(self, key: str) -> CachedAnswer | None:
         """The cached answer for ``key``, or None."""
@@ -279,10 +271,8 @@ class PromptCache:
     def get_with_raw(self, key: str) -> tuple[Any, ...] | None:
         """get()'s fields, then the stored body as text (or None), in one read; a miss is not
         counted in stats() (the caller's fallback lookup counts it)."""
-        with self._lock:
-            self._drop_committed()
-            queued = self._pending.get(key)
-        rows = ([(*_ANSWER_ROW(queued[1])[:6], queued[1][6])] if queued is not None else
+        queued = self._writer.queued(key)
+        rows = ([(*_ANSWER_ROW(queued)[:6], queued[6])] if queued is not None else
                 self._query(f"SELECT {_ANSWER_COLUMNS}, raw FROM responses WHERE key = ?", (key,)))
         if rows:
             self._count(1, 0)
@@ -290,9 +280,8 @@ class PromptCache:
 
     def get_raw(self, key: str) -> dict | None:
         """The server's raw JSON body stored with ``key`` (or queued for storing), or None."""
-        with self._lock:
-            queued = self._pending.get(key)
-        rows = [(queued[1][6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
+        queued = self._writer.queued(key)
+        rows = [(queued[6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def count(self) -> int:
@@ -320,14 +309,15 @@ class PromptCache:
                         row.input_tokens, row.output_tokens, row.finish_reason, row.latency_s,
                         row.created_at, row.raw_json)
 
-    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict,
+    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict | None,
                    text: str, raw: dict | None = None, input_tokens: int | None = None,
                    output_tokens: int | None = None, finish_reason: str | None = None,
                    latency_s: float | None = None, created_at: float = 0.0,
                    raw_json: str | None = None, params_json: str | None = None) -> None:
         """``put(CacheRow(...))`` with CacheRow's fields as arguments: the backend's path, which
         saves building a row object per answer. ``params_json``, when given, is ``params``
-        already serialised (the backend reuses one per set of request fields)."""
+        already serialised (the backend reuses one per set of request fields), and ``params``
+        may then be None."""
         # Validated and serialised here, on the caller's thread, so a bad row fails where it was made.
         if not isinstance(text, str):
             raise ValueError(f"cache row {key!r} has text={text!r}; only string answers are cached.")
@@ -335,11 +325,7 @@ class PromptCache:
         values = (key, namespace, model, _messages_json(messages),
                   params_json if params_json is not None else _to_json(params), text, raw_text,
                   input_tokens, output_tokens, finish_reason, latency_s, created_at or time.time())
-        with self._lock:
-            seq = self._writer.submit(values)
-            self._pending.pop(key, None)  # re-inserted last: the dict stays in queue order
-            self._pending[key] = (seq, values)
-            self._drop_committed()
+        self._writer.submit(key, values)  # readable at once, through the writer's staged lots
 
     def put_many(self, rows: list[tuple[Any, ...]]) -> None:
         """Queue already serialised rows (``COLUMNS`` order; messages, params and raw as JSON

@@ -180,27 +180,36 @@ class CacheSide:
         self, cache: PromptCache, key: str, request: MinimaLlmRequest, model: str,
         answer: ParsedAnswer, latency: float,
     ) -> None:
-        params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
+        # Once per answer on the loop thread: the usual request's params JSON comes from a memo
+        # (no dict built), and the arguments go by position (cheaper than keywords).
+        temperature, max_tokens, extra = request.temperature, request.max_tokens, request.extra
+        params_json = self._params_json(temperature, max_tokens) if extra is None else None
+        params = None if params_json is not None else {
+            "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
         cache.put_fields(
-            key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
-            answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
-            output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,
-            created_at=time.time(), raw_json=answer.raw_json, params_json=self._params_json(params),
+            key, self.config.cache_namespace, model, request.messages, params, answer.text,
+            answer.raw, answer.input_tokens, answer.output_tokens, answer.finish_reason, latency,
+            time.time(), answer.raw_json, params_json,
         )
 
-    def _params_json(self, params: dict[str, Any]) -> str | None:
-        """The stored JSON of ``params`` when ``extra`` is None, made once per (temperature, max_tokens)."""
-        if params["extra"] is not None:
-            return None  # the cache encodes it
-        fields = _memo_key(params["temperature"], params["max_tokens"])
+    def _params_json(self, temperature: float | None, max_tokens: int | None) -> str | None:
+        """The stored JSON of the params of a request without ``extra``, made once per
+        (temperature, max_tokens); None when they cannot key the memo."""
+        if temperature is None and max_tokens is None:
+            return _DEFAULT_PARAMS_JSON  # the usual request: neither set
+        fields = _memo_key(temperature, max_tokens)
         if fields is None:
             return None
         spelled = self._params_spelled.get(fields)
         if spelled is None:
             if len(self._params_spelled) >= 64:  # NaN never equals itself: keep the memo bounded
                 self._params_spelled.clear()
+            params = {"temperature": temperature, "max_tokens": max_tokens, "extra": None}
             spelled = self._params_spelled[fields] = json.dumps(params, ensure_ascii=False)
         return spelled
+
+
+_DEFAULT_PARAMS_JSON = json.dumps({"temperature": None, "max_tokens": None, "extra": None})
 
 
 def _memo_key(*values: Any) -> tuple[Any, ...] | None:
