@@ -54,10 +54,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def _serve_minima(upstream: str, port: int, workdir: str) -> None:
     from minima_nb import MinimaLlmConfig, ProxyServer
+    from minima_nb.servers.proxy.server import tune_gc_for_serving
 
     config = MinimaLlmConfig(base_url=upstream, model="mock-model", api_key="sk-bench",
                              cache_dir=workdir, rpm=0, max_outstanding=CONCURRENCY)
     serve = ProxyServer(config, port=port).run()
+    tune_gc_for_serving()  # as ``minima-nb proxy`` does once it listens (minima_nb/cli/proxy.py)
     if _UVLOOP:
         import uvloop
 
@@ -436,7 +438,14 @@ def _section(figures: dict[tuple[str, str], list[dict[str, Any]]], n: int, n_hit
                "no parsing, no cache, no retries. The hits floor reads each body and answers a "
                "constant chat.completion. minima's proxy checks, parses (a body seen a moment "
                "ago is remembered), keys and looks up every request in SQLite (one read per hit) "
-               "and sends the stored upstream body as it is.",
+               "and sends the stored upstream body as it is. A miss runs in its own request's "
+               "handler (identical requests in flight wait on it), is keyed from kept parts, "
+               "finds nothing to adopt from without reading the file's schema again, goes "
+               "upstream through the engine (pacer, retries) and is queued for the cache's "
+               "writer thread, whose CPU is the proxy process's too. minima's proxy is served "
+               "as `minima-nb proxy` serves it: what starting made is frozen out of the garbage "
+               "collector (gc.freeze) and young collections wait for 5,000 new objects once it "
+               "listens; the floors are plain aiohttp.web.",
                "LiteLLM ran one round (its throughput makes more rounds minutes long)."],
         targets=targets,
     )

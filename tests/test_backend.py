@@ -243,6 +243,28 @@ def test_generate_never_raises_for_call_errors(srv):
 # -- caching ----------------------------------------------------------------------------------------
 
 
+def test_keys_made_from_kept_parts_are_the_keys_made_from_scratch(srv, tmp_path):
+    """Requests sharing their fields reuse one key function; the keys stay cache_key's: 1 and
+    1.0 are one temperature, True another, and extra or a namespace change the key."""
+    import sqlite3
+
+    from minima_nb.cache import cache_key
+
+    backend = make_backend(srv.base_url, cache_dir=tmp_path, cache_namespace="ns")
+    asked = [ask("same", temperature=1), ask("same", temperature=1.0), ask("same", temperature=True),
+             ask("other", temperature=1), ask("same", temperature=1, extra={"seed": 3}),
+             ask("same", temperature=1, max_tokens=5)]
+    cached = [generate(backend, request).cached for request in asked]
+    assert cached == [False, True, False, False, False, False]
+    backend.cache.flush()
+    with sqlite3.connect(tmp_path / "minima_llm.db") as db:
+        stored = {key for (key,) in db.execute("SELECT key FROM responses")}
+    expected = {cache_key("mock-model", r.messages, r.temperature, r.max_tokens, r.extra, "ns")[0]
+                for r in asked}
+    assert stored == expected and len(stored) == 5
+    backend.close()
+
+
 def test_second_call_is_served_from_the_cache(srv, tmp_path):
     """The same request again is a cache hit: cached=True, no attempt, no new server request."""
     backend = make_backend(srv.base_url, cache_dir=tmp_path)

@@ -314,3 +314,21 @@ def test_settings_from_yaml_and_dicts(monkeypatch, tmp_path):
                                       "model_synonyms": f"{OLD},older"}).model_synonyms == (OLD, "older")
     with pytest.raises(ConfigError, match="model_synonyms"):
         MinimaLlmConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": NEW, "model_synonyms": 3})
+
+
+def test_minima_llms_table_created_while_a_backend_runs_is_searched_from_then_on(server, tmp_path):
+    """The adoption check keeps the file's table list between misses and reads it again when
+    the schema changes: minima-llm creating its table in the same file mid-run is noticed."""
+    directory = tmp_path / "cache"
+    llm = make_backend(server, directory, model="mock-model")
+    try:
+        first = run_sync(llm.generate(MinimaLlmRequest("a", msgs("asked before minima-llm ran"))))
+        assert not first.cached  # no minima-llm table yet: nothing to adopt from
+        minima_llm(server, directory, PROMPTS[:1])  # its own table, in the file we have open
+        server.reset_counts()
+        request = MinimaLlmRequest("b", msgs(PROMPTS[0]), temperature=0.0)
+        adopted = run_sync(llm.generate(request))
+    finally:
+        close_backend(llm)
+    assert (adopted.cached, adopted.cache_source) == (True, "legacy")
+    assert server.requests_total == 0

@@ -67,6 +67,7 @@ class _ReadOnlyFile:
         self.label = label
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._schema: tuple[int, tuple[bool, bool]] | None = None  # (schema_version, tables())
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
@@ -74,13 +75,25 @@ class _ReadOnlyFile:
             self._conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False,
                                          isolation_level=None)
             self._pid = os.getpid()
+            self._schema = None
         return self._conn
 
     def tables(self) -> tuple[bool, bool]:
-        """(has minima_nb's ``responses`` table, has minima-llm's ``cache`` table)."""
+        """(has minima_nb's ``responses`` table, has minima-llm's ``cache`` table).
+
+        Read again only when the file's schema changed: ``PRAGMA schema_version`` is one read
+        of the header page, where the schema itself is a scan of ``sqlite_master`` and a
+        ``table_info``; every miss asks (minima-llm may create its table while we run).
+        """
         conn = self._connection()
+        (version,) = conn.execute("PRAGMA schema_version").fetchone()
+        known = self._schema
+        if known is not None and known[0] == version:
+            return known[1]
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        return "responses" in names, LEGACY_TABLE in names and is_legacy_table(conn)
+        found = ("responses" in names, LEGACY_TABLE in names and is_legacy_table(conn))
+        self._schema = (version, found)
+        return found
 
     def ours(self, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """minima_nb rows ``(key, text, input_tokens, output_tokens, finish_reason, latency_s,
@@ -105,6 +118,7 @@ class _ReadOnlyFile:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+        self._schema = None  # another connection may see another file at the same path
 
 
 class Adoption:
@@ -165,6 +179,8 @@ class Adoption:
             return {}
         with self._lock:
             try:
+                if self._nothing_to_search():
+                    return {}
                 best = self._search(unique)
             except sqlite3.Error as exc:
                 raise CacheError(f"cannot read a cache looked up for misses ({exc}); check "
@@ -185,7 +201,17 @@ class Adoption:
         return found
 
     def find_requests(self, requests: Sequence[Any], models: Sequence[str], keys: Sequence[str]) -> dict[str, Found]:
-        """:meth:`find` for request objects (``messages``, ``temperature``, ``max_tokens``, ``extra``)."""
+        """:meth:`find` for request objects (``messages``, ``temperature``, ``max_tokens``, ``extra``).
+
+        Returns at once, building nothing, when there is nowhere to look (the usual case: a
+        plain minima_nb cache, no synonyms, no lookup caches).
+        """
+        with self._lock:
+            try:
+                if self._nothing_to_search():
+                    return {}
+            except sqlite3.Error:
+                pass  # find() says what went wrong
         return self.find([Wanted(k, m, r.messages, r.temperature, r.max_tokens, r.extra)
                           for r, m, k in zip(requests, models, keys, strict=True)])
 
@@ -196,6 +222,14 @@ class Adoption:
                 source.close()
 
     # -- internals --------------------------------------------------------------------------
+
+    def _nothing_to_search(self) -> bool:
+        """True when no source but our own table could hold an answer under the request's own
+        key (already missed): no synonyms, no lookup caches, and no minima-llm table that
+        counts. Call with the lock held (the connection is shared with the loop's thread)."""
+        if self.synonyms or self._lookups:
+            return False
+        return self.namespace is not None or not self._primary.tables()[1]
 
     def _search(self, unique: list[Wanted]) -> dict[int, tuple[tuple[Any, ...], str]]:
         sources = [(rank, source, *source.tables()) for rank, source in enumerate((self._primary, *self._lookups))]

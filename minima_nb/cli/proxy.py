@@ -46,6 +46,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     from ..config import MinimaLlmConfig
     from ..errors import ConfigError
     from ..proxy import ProxyServer
+    from ..servers.proxy.server import tune_gc_for_serving
 
     try:
         config = MinimaLlmConfig.from_yaml(args.config) if args.config else MinimaLlmConfig.from_env()
@@ -58,6 +59,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     except OSError as exc:
         fail(f"proxy: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1
+    tune_gc_for_serving()  # this process is the proxy's alone
     print(f"minima-nb proxy listening on {proxy.base_url} -> {config.base_url} "
           f"(model {config.model}, cache {config.cache_dir or 'off'}); point clients at it with: "
           f"export OPENAI_BASE_URL={proxy.base_url}  (Ctrl-C stops it)", flush=True)

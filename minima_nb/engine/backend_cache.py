@@ -29,6 +29,8 @@ from ..types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .pulse import BackendPulse
 from .wire import ParsedAnswer
 
+_MAX_KEY_FUNCTIONS = 256  # distinct (model, temperature, max_tokens) sets kept ready by _key
+
 
 class CacheSide:
     """What the backend does with its prompt cache (a mixin; the backend holds the state)."""
@@ -43,6 +45,9 @@ class CacheSide:
         # A miss also looks in minima-llm's table, under model synonyms and in lookup caches.
         self._adoption = Adoption.for_config(self._cache, config)
         self._params_spelled: dict[tuple[Any, ...], str] = {}
+        # One key function per (model, temperature, max_tokens) of requests without ``extra``:
+        # a request's key then costs only its messages' spelling and hash (see _key).
+        self._key_functions: dict[tuple[Any, ...], Callable[[Any], tuple[str, str]]] = {}
 
     @property
     def cache(self) -> PromptCache | None:
@@ -110,12 +115,26 @@ class CacheSide:
         return self._adoption.find_requests(requests, models, keys) if self._adoption is not None else {}
 
     def _key(self, request: MinimaLlmRequest, model: str) -> str | None:
+        """``request``'s cache key (None without a cache), as :func:`cache_key` makes it.
+
+        The parts other than the messages are encoded once per set of request fields and kept
+        (a proxy or a loop of single calls sends the same fields every time). A request with
+        ``extra`` is keyed from scratch: its fields cannot key the memo by identity (a later
+        ``extra`` may reuse a dead one's id) and spelling them to key it costs what it saves.
+        """
         if self._cache is None:
             return None
-        return self._traced(*cache_key(
-            model, request.messages, request.temperature, request.max_tokens, request.extra,
-            self.config.cache_namespace,
-        ))
+        namespace = self.config.cache_namespace
+        t, m, extra = request.temperature, request.max_tokens, request.extra
+        fields = None if extra else _memo_key(model, t, m)
+        if fields is None:
+            return self._traced(*cache_key(model, request.messages, t, m, extra, namespace))
+        key_of = self._key_functions.get(fields)
+        if key_of is None:
+            if len(self._key_functions) >= _MAX_KEY_FUNCTIONS:  # NaN never equals itself: bounded
+                self._key_functions.clear()
+            key_of = self._key_functions[fields] = key_function(model, t, m, None, namespace)
+        return self._traced(*key_of(request.messages))
 
     def _traced(self, key: str, canonical: str) -> str:
         if self._tracer is not None:

@@ -116,8 +116,13 @@ class RateLimitInfo:
     ) -> RateLimitInfo | None:
         """Read the six OpenAI rate-limit headers (any case); ``None`` when none is usable."""
         try:
-            lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+            # Only the rate-limit headers are kept: most answers of most servers carry none,
+            # and then nothing below runs (this reads every answer's headers).
+            lowered = {name: str(v) for name, v in ((str(k).lower(), v) for k, v in (headers or {}).items())
+                       if name.startswith("x-ratelimit-")}
         except Exception:  # an odd mapping type must not break a successful answer
+            return None
+        if not lowered:
             return None
         counts: dict[str, int | None] = {}
         resets: dict[str, float | None] = {}

@@ -11,6 +11,7 @@ import asyncio
 import http.client
 import json
 import sqlite3
+import time
 
 import aiohttp
 import pytest
@@ -120,13 +121,15 @@ def test_streaming_hits_and_parameters_keep_their_own_keys(proxy, upstream):
 
 def test_remembered_parses_are_bounded_in_bytes():
     memo = ParsedBodies(max_bytes=100, max_body_bytes=40)
-    memo.remember(b"a" * 40, "call a", "key a")  # type: ignore[arg-type]
-    memo.remember(b"b" * 41, "call b", "key b")  # type: ignore[arg-type]  # too large to keep
+    memo.remember(b"a" * 40, ("call a", "key a"))  # type: ignore[arg-type]
+    memo.remember(b"b" * 41, ("call b", "key b"))  # type: ignore[arg-type]  # too large to keep
     assert memo.get(b"a" * 40) == ("call a", "key a") and memo.get(b"b" * 41) is None
     for letter in "cde":
-        memo.remember(letter.encode() * 40, f"call {letter}", None)  # type: ignore[arg-type]
+        memo.remember(letter.encode() * 40)
     assert len(memo) == 2 and memo.get(b"a" * 40) is None  # the oldest went first
-    assert memo.get(b"e" * 40) == ("call e", None)
+    assert memo.seen(b"e" * 40) and memo.get(b"e" * 40) is None  # bytes only, until it comes again
+    memo.remember(b"e" * 40, ("call e", None))  # type: ignore[arg-type]
+    assert len(memo) == 2 and memo.get(b"e" * 40) == ("call e", None)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])
@@ -155,3 +158,56 @@ def test_a_restarted_proxy_serves_the_warm_cache(upstream, cache_dir):
         json.dumps(json.loads(original), sort_keys=True)}
     assert answers[1][2] == answers[2][2]  # the stored body, byte for byte
     assert upstream.requests_total == 1
+
+
+def test_a_client_hanging_up_mid_miss_neither_cancels_the_shared_call_nor_loses_its_answer(upstream, cache_dir):
+    """The first asker's handler makes the upstream call; its client hangs up while it is on
+    its way. The identical request waiting on it still gets the answer, and the answer is cached."""
+    import socket
+    import threading
+
+    with MockServer(require_api_key=UPSTREAM_KEY, latency_s=0.6) as slow, \
+            ProxyServer(upstream_config(slow, cache_dir), port=0) as proxy:
+        body = body_of("asked, then abandoned")
+        first = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        first.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                      + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 10
+        while slow.requests_total == 0 and time.monotonic() < deadline:  # the call is upstream
+            time.sleep(0.01)
+        assert slow.requests_total == 1
+        second: list[tuple[int, dict[str, str], bytes]] = []
+        waiter = threading.Thread(target=lambda: second.append(post(proxy, body)))
+        waiter.start()
+        time.sleep(0.1)  # the second request is waiting on the first one's call
+        first.close()  # the first client hangs up before the upstream answers
+        waiter.join(timeout=20)
+        status, headers, answer = second[0]
+        assert (status, headers["x-minima-cache"]) == (200, "hit")
+        assert json.loads(answer)["choices"][0]["message"]["content"]
+        proxy.backend.cache.flush()
+        with sqlite3.connect(cache_dir / "minima_llm.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM responses").fetchone() == (1,)
+        assert post(proxy, body)[1]["x-minima-cache"] == "hit"
+        assert slow.requests_total == 1
+
+
+def test_an_abandoned_miss_alone_still_lands_in_the_cache(upstream, cache_dir):
+    import socket
+
+    with MockServer(require_api_key=UPSTREAM_KEY, latency_s=0.4) as slow, \
+            ProxyServer(upstream_config(slow, cache_dir), port=0) as proxy:
+        body = body_of("nobody waits for this one")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+            client.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 10
+            while slow.requests_total == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 10  # hung up; the answer is still on its way
+        while proxy.metrics.snapshot()["misses"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert post(proxy, body)[1]["x-minima-cache"] == "hit"
+        assert slow.requests_total == 1

@@ -148,17 +148,19 @@ class ProxyApp:
 
         A body seen before is nearly always a hit and a new one nearly always a miss, so only
         the first is worth a lookup before the backend (which looks up the second anyway). A
-        body's parse is remembered on its first visit, its key made on its second.
+        body's bytes are remembered on its first visit, its parse and key on its second.
         """
-        known = self._parsed.get(raw)
+        memo = self._parsed
+        known = memo.get(raw)
         if known is None:
             call = self._parse(raw)
-            self._parsed.remember(raw, call, None)
-            return call, None
+            if not memo.seen(raw):
+                memo.remember(raw)
+                return call, None
+            known = (call, self.relay.key(call.request))
+            memo.remember(raw, known)
+            return known
         call, key = known
-        if key is None:
-            key = self.relay.key(call.request)
-            self._parsed.remember(raw, call, key)
         if self._verbose:  # a fresh request id to print
             call = self._parse(raw)
         return call, key
@@ -225,18 +227,20 @@ class ProxyApp:
     async def _read_body(self, request: web.Request) -> bytes:
         """The body as received, within the size limit."""
         limit = self._max_body_bytes
-        too_large = ProxyRequestError(
-            413, f"the request body is larger than this proxy's limit of {limit:,} bytes "
-                 "(max_body_bytes)", code="request_too_large")
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise self._too_large()
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+            raise self._too_large() from None
         if len(raw) > limit:
-            raise too_large
+            raise self._too_large()
         return raw
+
+    def _too_large(self) -> ProxyRequestError:
+        return ProxyRequestError(
+            413, f"the request body is larger than this proxy's limit of {self._max_body_bytes:,} "
+                 "bytes (max_body_bytes)", code="request_too_large")
 
     @staticmethod
     def _decode(raw: bytes) -> object:

@@ -3,9 +3,12 @@
 One backend means one cache, one pacer (and cooldown) and one retry policy for every client of
 the proxy, whichever process it runs in. On top of the backend the relay sends identical
 requests that are in flight at the same time once: ten notebooks asking the same new prompt at
-once cost one upstream call, and the nine others are answered as hits when it returns. Each
-call runs in its own task, so a client that hangs up does not cancel the answer the others wait
-for (it still lands in the cache). A request with nothing identical in flight whose cache key the
+once cost one upstream call, and the nine others are answered as hits when it returns. The call
+runs in the first asker's own handler (no task of its own: a miss is most of what a first run
+sends, and a task and a shield per miss cost more than the rest of the relay); the others wait
+on a future it fills. The server runs its handlers with ``handler_cancellation=False``, so a
+client that hangs up does not cancel the call the others wait for, and its answer still lands in
+the cache. A request with nothing identical in flight whose cache key the
 caller hands over is first looked up on the hit path (:mod:`.hits`): a stored answer is returned
 there and then, with no task.
 """
@@ -31,7 +34,7 @@ class Relay:
         self.backend = backend
         self.metrics = metrics
         self._default_model = backend.config.model
-        self._flights: dict[Hashable, asyncio.Task[MinimaLlmResult]] = {}
+        self._flights: dict[Hashable, asyncio.Future[MinimaLlmResult]] = {}
         self._hits = HitPath(backend)
 
     async def answer(self, request: MinimaLlmRequest, refresh: bool = False, *,
@@ -60,11 +63,7 @@ class Relay:
             if stored is not None:
                 self.metrics.hits += 1
                 return stored, True
-        flight = asyncio.get_running_loop().create_task(
-            self.backend.generate(request, refresh, include_raw=True))
-        self._flights[name] = flight
-        flight.add_done_callback(lambda done: self._land(name, done))
-        result = await asyncio.shield(flight)
+        result = await self._fly(name, request, refresh)
         if result.cached:
             self.metrics.hits += 1
         else:
@@ -75,12 +74,28 @@ class Relay:
         """``request``'s cache key as the hit path looks it up (None without a hit path)."""
         return self._hits.key(request)
 
-    def _land(self, key: Hashable, flight: asyncio.Task[MinimaLlmResult]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+    async def _fly(self, name: Hashable, request: MinimaLlmRequest, refresh: bool) -> MinimaLlmResult:
+        """The backend's answer to ``request``, shared with identical requests that arrive meanwhile."""
+        flight: asyncio.Future[MinimaLlmResult] = asyncio.get_running_loop().create_future()
+        self._flights[name] = flight
+        try:
+            result = await self.backend.generate(request, refresh, include_raw=True)
+        except BaseException as exc:  # the server stopping (a cancel), or a fault: waiters share it
+            if isinstance(exc, asyncio.CancelledError):
+                flight.cancel()
+            else:
+                flight.set_exception(exc)
+                flight.exception()  # said by the handlers that wait, not again as "never retrieved"
+            raise
+        else:
+            flight.set_result(result)
+        finally:
+            if self._flights.get(name) is flight:
+                del self._flights[name]
+        return result
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) for calls whose clients went away, so their answers are cached."""
+        """Wait (at most ``timeout_s``) for calls still in flight, so their answers are cached."""
         pending = list(self._flights.values())
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
