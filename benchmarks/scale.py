@@ -10,7 +10,8 @@ client per process, imports and a warm-up batch of 64 requests outside the timed
   with the cache on (a fresh directory: every row a miss, every answer stored), ``progress``
   off, or on through the real notebook sink (:class:`NotebookSink`) with a tqdm bar that counts
   its redraws (written to /dev/null). ``trace=True`` measures the memory the call leaves
-  behind with tracemalloc instead (as :mod:`.memory` does), the texts taken out.
+  behind instead, with tracemalloc (as :mod:`.memory` does) plus Arrow's own allocations, the
+  texts taken out.
 
 ``spec["task"] == "loops"`` (scenario 14): ``"aiohttp"`` on ``asyncio.run`` or ``uvloop.run``,
 ``"minima_nb"`` (``run_batched``, cache off, as scenario 1) called from sync code, so it runs on
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -110,27 +110,33 @@ def _firstpass(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _traced_generate(url: str, items: list[str], cache_dir: str) -> dict[str, Any]:
-    """Python memory the call leaves behind (results held, after a collection), texts taken out."""
+    """Memory the call leaves behind (its Series held, after a collection), the texts taken out.
+
+    Python allocations are traced by tracemalloc; the Series keeps its strings in Arrow buffers,
+    which Arrow allocates itself (untraced), so Arrow's own count is added. The texts are their
+    UTF-8 bytes: what remains per row beyond them is the real overhead (offsets, index, engine).
+    """
+    import pyarrow as pa
+
     tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
+    base, arrow_base = tracemalloc.get_traced_memory()[0], pa.total_allocated_bytes()
     with Timer() as t:
         series, _ = _generate(url, items, cache_dir, False)
     gc.collect()
-    kept = tracemalloc.get_traced_memory()[0]
-    peak = tracemalloc.get_traced_memory()[1]
+    kept, peak = tracemalloc.get_traced_memory()
+    arrow_kept = pa.total_allocated_bytes() - arrow_base
     answers = [a for a in series.tolist() if isinstance(a, str)]
-    # The answers as Python strings are what a list of texts would hold; the Series may hold
-    # them more compactly (Arrow), which then shows as less than nothing beyond the texts.
-    text_bytes = sum(sys.getsizeof(a) for a in answers)
+    text_bytes = sum(len(a.encode()) for a in answers)
     ok = len(answers)
     del answers, series
     gc.collect()
-    after_drop = tracemalloc.get_traced_memory()[0]
+    after_drop = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - arrow_base
     tracemalloc.stop()
     rows = max(1, ok)
-    return {"ok": ok, "wall_s": t.wall_s, "retained": kept - base, "held_by_results": kept - after_drop,
-            "texts": text_bytes, "traced_peak": peak - base,
-            "per_row_beyond_texts": (kept - base - text_bytes) / rows,
+    retained = kept - base + arrow_kept
+    return {"ok": ok, "wall_s": t.wall_s, "retained": retained, "arrow": arrow_kept,
+            "held_by_results": kept - base + arrow_kept - (after_drop - base), "texts": text_bytes,
+            "traced_peak": peak - base, "per_row_beyond_texts": (retained - text_bytes) / rows,
             "peak_per_row": (peak - base) / rows}
 
 

@@ -79,13 +79,15 @@ def scenario_firstpass(upstream: Upstream, workdir: Path, rounds: int, n: int, l
         f"{_fmt(wall, lambda v: f'{v:,.0f} s')} of run, the same count whatever the number of rows. "
         "progress=True against progress=False, wall time: "
         + spread([-s if s is not None else None for s in slowdown], percent) + " slower (negative: faster).",
-        "Memory (a separate run under tracemalloc, `progress=False`): Python allocations still live "
-        "after the call with its Series held, over the pre-call baseline, minus the answers as Python "
-        "strings (`sys.getsizeof`); the Series holds them as Arrow strings, which is why the figure "
-        "can be below nothing. " + (
-            f"Retained {size(traced['retained'])}; peak traced {size(traced['traced_peak'])} "
-            f"({size(traced['peak_per_row'])} per row during the call); answer strings "
-            f"{size(traced['texts'])}." if "error" not in traced else f"Traced run failed: {traced['error'][:300]}"),
+        "Memory (a separate run, `progress=False`): Python allocations (tracemalloc) and Arrow's "
+        "(`pyarrow.total_allocated_bytes`, where the Series keeps its strings) still live after the "
+        "call with its Series held and a collection, over the pre-call baseline, minus the answers' "
+        "UTF-8 bytes. " + (
+            f"Retained {size(traced['retained'])} (Arrow {size(traced['arrow'])}), answers "
+            f"{size(traced['texts'])}; {size(traced['held_by_results'])} of it goes with the Series. "
+            f"Peak of traced Python memory during the call: {size(traced['traced_peak'])} "
+            f"({size(traced['peak_per_row'])} per row)." if "error" not in traced
+            else f"Traced run failed: {traced['error'][:300]}"),
         *[f"round {i + 1}, {run}: {res['error'][:400]}" for i, r in enumerate(per_round)
           for run, res in r.items() if "error" in res],
     ]
