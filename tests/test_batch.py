@@ -520,3 +520,59 @@ def test_connect_failure_before_any_answer_aborts_at_once(tmp_path):
     with pytest.raises(BatchAborted, match="has not answered a single request") as info:
         with_backend(config, lambda b: b.run_batched([ask(f"q{i}") for i in range(40)], progress=False))
     assert sum(r is not None for r in info.value.results) <= 2  # one per worker at most
+
+
+# -- a large batch and the cyclic garbage collector ------------------------------------------
+
+
+class _Cycle:
+    """An object in a reference cycle with itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_large_batch_keeps_the_old_heap_out_of_collections_and_restores_it():
+    """During a batch of FREEZE_FROM_ROWS rows or more, what was alive when it started is frozen
+    (full collections skip it); cycles made during the batch are still collected; afterwards
+    nothing stays frozen."""
+    import gc
+    import weakref
+
+    from minima_nb.engine.heap import FREEZE_FROM_ROWS
+
+    assert gc.get_freeze_count() == 0
+    seen: list[int] = []
+    freed_during_batch: list[bool] = []
+
+    async def one(i: int) -> int:
+        if i == 0:
+            seen.append(gc.get_freeze_count())
+            young = weakref.ref(_Cycle())  # garbage at once, in a cycle
+            gc.collect()
+            freed_during_batch.append(young() is None)
+        return i
+
+    rows = list(range(FREEZE_FROM_ROWS))
+    out = asyncio.run(run_batched_callable(rows, one, progress=False))
+    assert out == rows
+    assert seen[0] > len(rows)  # the items list and its ints at least were frozen
+    assert freed_during_batch == [True]
+    assert gc.get_freeze_count() == 0
+
+
+def test_small_batch_and_a_callers_own_freeze_are_left_alone():
+    """A small batch freezes nothing; a process that froze objects itself keeps them frozen."""
+    import gc
+
+    async def count(_: int) -> int:
+        return gc.get_freeze_count()
+
+    assert set(asyncio.run(run_batched_callable(list(range(100)), count, progress=False))) == {0}
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        asyncio.run(run_batched_callable(list(range(20_000)), count, progress=False))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

@@ -15,7 +15,9 @@ Guarantees, each kept by a test:
   re-raised; cancellation (KeyboardInterrupt through the sync bridge, ``task.cancel()``) cancels
   the workers and re-raises; no task is left running either way;
 * progress is published as :class:`BatchSnapshot` events to a sink at most every
-  ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread.
+  ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread;
+* a large batch keeps the heap it started with out of the cyclic collector's full collections
+  while it runs (:mod:`.heap`), so its cost per row does not grow with its size.
 
 The pool knows nothing of HTTP or caches: the backend's ``run_batched`` builds on it.
 """
@@ -32,6 +34,7 @@ from ..config import BatchConfig
 from ..errors import BatchAborted, BudgetExceeded
 from ..types import MinimaLlmFailure
 from .budget import current_cap
+from .heap import long_lived_frozen
 from .meter import BatchMeter, current_meter
 from .progress import ProgressSink, make_sink
 
@@ -183,25 +186,26 @@ async def run_batched_callable(
         keep_last=cfg.keep_failure_summaries,
     )
     status = "error"
-    ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))
-    tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
-    try:
-        if tasks:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
-        status = "aborted" if pool.abort_reason else "done"
-    except asyncio.CancelledError:
-        status = "interrupted"
-        raise
-    finally:
+    with long_lived_frozen(len(items)):
+        ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))
+        tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
         try:
-            await _cancel_all([*tasks, ticker])
-        finally:  # a second cancel can cut the wait short; the display must still end
-            sink.update(meter.snapshot())
-            sink.close(status)
+            if tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        raise exc
+            status = "aborted" if pool.abort_reason else "done"
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            try:
+                await _cancel_all([*tasks, ticker])
+            finally:  # a second cancel can cut the wait short; the display must still end
+                sink.update(meter.snapshot())
+                sink.close(status)
     if pool.abort_reason is not None:
         raise pool.abort_type(pool.abort_reason, pool.finished_results())
     return pool.finished_results()
