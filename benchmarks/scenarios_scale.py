@@ -62,13 +62,19 @@ def scenario_firstpass(upstream: Upstream, workdir: Path, rounds: int, n: int, l
         return [r[run]["rows_s"] / r["aiohttp"]["rows_s"] if "rows_s" in r[run] and "rows_s" in r["aiohttp"]
                 else None for r in per_round]
 
+    def cpu_share(run: str) -> list[float | None]:
+        return [r["aiohttp"]["cpu_us"] / r[run]["cpu_us"] if "cpu_us" in r[run] and "cpu_us" in r["aiohttp"]
+                else None for r in per_round]
+
     rows = [[FIRSTPASS_NAMES[run], spread(column(run, "rows_s"), count), spread(column(run, "cpu_us"), micro),
              "100 %" if run == "aiohttp" else spread(share(run), percent),
+             "100 %" if run == "aiohttp" else spread(cpu_share(run), percent),
              spread(column(run, "peak_rss"), size),
              spread(column(run, "redraws"), count) if run.endswith("+progress") else "–"] for run in FIRSTPASS_RUNS]
     slowdown = [r["generate"]["wall_s"] / r["generate+progress"]["wall_s"] - 1
                 if "wall_s" in r["generate"] and "wall_s" in r["generate+progress"] else None for r in per_round]
     speed = median(share("generate"))
+    by_cpu = median(cpu_share("generate"))
     redraws = median(column("generate+progress", "redraws"))
     wall = median(column("generate+progress", "wall_s"))
     per_row = traced.get("per_row_beyond_texts")
@@ -88,6 +94,9 @@ def scenario_firstpass(upstream: Upstream, workdir: Path, rounds: int, n: int, l
             f"Peak of traced Python memory during the call: {size(traced['traced_peak'])} "
             f"({size(traced['peak_per_row'])} per row)." if "error" not in traced
             else f"Traced run failed: {traced['error'][:300]}"),
+        "Both rates are in the table: rows/s over wall time, and raw aiohttp's CPU per row over "
+        "minima_nb's (what each would reach alone on one core); on a shared machine the two differ "
+        "when others' load falls unevenly on the runs, and a 1,000,000-row run lasts minutes.",
         *[f"round {i + 1}, {run}: {res['error'][:400]}" for i, r in enumerate(per_round)
           for run, res in r.items() if "error" in res],
     ]
@@ -99,10 +108,12 @@ def scenario_firstpass(upstream: Upstream, workdir: Path, rounds: int, n: int, l
         f"{n:,} requests with {CONCURRENCY} in flight, in the same round. Each run in a fresh process "
         "after an untimed warm-up of 64 requests; the timed part is the whole call (lookups, requests, "
         "the batch, the cache's final commit, the Series).",
-        ["run", "rows/s", "CPU per row", "rows/s ÷ raw aiohttp's", "peak RSS", "progress redraws"],
+        ["run", "rows/s", "CPU per row", "rows/s ÷ raw aiohttp's", "raw aiohttp's CPU per row ÷ this",
+         "peak RSS", "progress redraws"],
         rows, notes)
     section.targets = [
-        Target("13", f"first pass of {n:,} rows ≥ 70 % of raw aiohttp's rows/s", _fmt(speed, percent),
+        Target("13", f"first pass of {n:,} rows ≥ 70 % of raw aiohttp's rows/s",
+               f"{_fmt(speed, percent)} (by CPU per row, the rate on one free core: {_fmt(by_cpu, percent)})",
                None if speed is None else speed >= 0.70),
         Target("13", f"≤ 1 KB kept per row beyond the texts at {n:,} rows", _fmt(per_row, size),
                None if per_row is None else per_row <= 1024),

@@ -532,47 +532,50 @@ class _Cycle:
         self.me = self
 
 
-def test_large_batch_keeps_the_old_heap_out_of_collections_and_restores_it():
-    """During a batch of FREEZE_FROM_ROWS rows or more, what was alive when it started is frozen
-    (full collections skip it); cycles made during the batch are still collected; afterwards
-    nothing stays frozen."""
+def test_large_batch_collects_young_cycles_and_turns_the_collector_back_on():
+    """During a batch of YOUNG_ONLY_FROM_ROWS rows or more the automatic collector is off (no
+    full walks over the rows), yet a cycle made during the batch is freed within a tick; after
+    the batch the collector is on again."""
     import gc
     import weakref
 
-    from minima_nb.engine.heap import FREEZE_FROM_ROWS
+    from minima_nb.engine.heap import YOUNG_ONLY_FROM_ROWS
+    from minima_nb.engine.pool import SNAPSHOT_INTERVAL_S
 
-    assert gc.get_freeze_count() == 0
-    seen: list[int] = []
-    freed_during_batch: list[bool] = []
+    assert gc.isenabled()
+    enabled_during: list[bool] = []
+    freed_by_the_ticker: list[bool] = []
 
     async def one(i: int) -> int:
         if i == 0:
-            seen.append(gc.get_freeze_count())
-            young = weakref.ref(_Cycle())  # garbage at once, in a cycle
-            gc.collect()
-            freed_during_batch.append(young() is None)
+            enabled_during.append(gc.isenabled())
+            young = weakref.ref(_Cycle())  # garbage at once, but only a collection frees it
+            for _ in range(20):
+                await asyncio.sleep(SNAPSHOT_INTERVAL_S / 2)
+                if young() is None:
+                    break
+            freed_by_the_ticker.append(young() is None)
         return i
 
-    rows = list(range(FREEZE_FROM_ROWS))
+    rows = list(range(YOUNG_ONLY_FROM_ROWS))
     out = asyncio.run(run_batched_callable(rows, one, progress=False))
     assert out == rows
-    assert seen[0] > len(rows)  # the items list and its ints at least were frozen
-    assert freed_during_batch == [True]
-    assert gc.get_freeze_count() == 0
+    assert enabled_during == [False]
+    assert freed_by_the_ticker == [True]
+    assert gc.isenabled()
 
 
-def test_small_batch_and_a_callers_own_freeze_are_left_alone():
-    """A small batch freezes nothing; a process that froze objects itself keeps them frozen."""
+def test_small_batch_and_a_callers_own_gc_setting_are_left_alone():
+    """A small batch leaves the collector on; a process that turned it off keeps it off."""
     import gc
 
-    async def count(_: int) -> int:
-        return gc.get_freeze_count()
+    async def enabled(_: int) -> bool:
+        return gc.isenabled()
 
-    assert set(asyncio.run(run_batched_callable(list(range(100)), count, progress=False))) == {0}
-    gc.freeze()
+    assert set(asyncio.run(run_batched_callable(list(range(100)), enabled, progress=False))) == {True}
+    gc.disable()
     try:
-        frozen = gc.get_freeze_count()
-        asyncio.run(run_batched_callable(list(range(20_000)), count, progress=False))
-        assert gc.get_freeze_count() == frozen
+        asyncio.run(run_batched_callable(list(range(20_000)), enabled, progress=False))
+        assert not gc.isenabled()
     finally:
-        gc.unfreeze()
+        gc.enable()

@@ -16,8 +16,8 @@ Guarantees, each kept by a test:
   the workers and re-raises; no task is left running either way;
 * progress is published as :class:`BatchSnapshot` events to a sink at most every
   ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread;
-* a large batch keeps the heap it started with out of the cyclic collector's full collections
-  while it runs (:mod:`.heap`), so its cost per row does not grow with its size.
+* a large batch runs with the cyclic collector's young collections only (:mod:`.heap`): the
+  full collections' walks over millions of live rows wait until it is over.
 
 The pool knows nothing of HTTP or caches: the backend's ``run_batched`` builds on it.
 """
@@ -34,7 +34,7 @@ from ..config import BatchConfig
 from ..errors import BatchAborted, BudgetExceeded
 from ..types import MinimaLlmFailure
 from .budget import current_cap
-from .heap import long_lived_frozen
+from .heap import collect_young, young_collections_only
 from .meter import BatchMeter, current_meter
 from .progress import ProgressSink, make_sink
 
@@ -186,8 +186,8 @@ async def run_batched_callable(
         keep_last=cfg.keep_failure_summaries,
     )
     status = "error"
-    with long_lived_frozen(len(items)):
-        ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))
+    with young_collections_only(len(items)) as collecting:
+        ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop, collecting))
         tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
         try:
             if tasks:
@@ -211,11 +211,15 @@ async def run_batched_callable(
     return pool.finished_results()
 
 
-async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool) -> None:
+async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool, collect: bool) -> None:
+    """Every tick: a snapshot to the sink (drawn here when asked), the young garbage collected
+    when the batch turned automatic collection off."""
     while True:
         sink.update(meter.snapshot())
         if draw:
             sink.draw()
+        if collect:
+            collect_young()
         await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
