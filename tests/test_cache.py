@@ -455,3 +455,48 @@ def test_flush_does_not_wait_out_a_long_flush_interval(tmp_path):
         cache.put(make_row("k2"))
         cache.flush(timeout=10)
         assert rows_in_file(cache.path) == 2
+
+
+# -- the writer's lots --------------------------------------------------------------------------
+
+
+def test_a_row_just_put_is_found_whatever_the_writer_is_doing(tmp_path):
+    """Each of 3,000 rows is read back at once after its put, while the writer keeps taking and
+    committing lots of 7 rows: no moment between staged and committed where a lookup misses."""
+    with PromptCache(tmp_path, flush_interval_s=0, max_batch_rows=7) as cache:
+        missed = []
+        for i in range(3000):
+            cache.put(make_row(f"k{i}", f"t{i}"))
+            hit = cache.get(f"k{i}")
+            if hit is None or hit.text != f"t{i}":
+                missed.append(i)
+            if i % 300 == 0 and cache.get_texts([f"k{i}", f"k{i // 2}"]) != {f"k{i}": f"t{i}", f"k{i // 2}": f"t{i // 2}"}:
+                missed.append(-i)
+        assert missed == []
+        cache.flush()
+        assert rows_in_file(cache.path) == 3000
+
+
+def test_a_full_lot_is_committed_without_waiting_out_the_interval(tmp_path):
+    """max_batch_rows rows are committed at once, even with a minute-long flush interval."""
+    with PromptCache(tmp_path, flush_interval_s=60, max_batch_rows=10) as cache:
+        for i in range(10):
+            cache.put(make_row(f"k{i}"))
+        seen = 0
+        for _ in range(200):  # up to ~10 s
+            seen = rows_in_file(cache.path)
+            if seen == 10:
+                break
+            time.sleep(0.05)
+        assert seen == 10
+
+
+def test_a_key_put_twice_before_its_commit_keeps_the_last_answer(tmp_path):
+    """Two answers under one key in one lot: lookups and the file both hold the second."""
+    with PromptCache(tmp_path, flush_interval_s=60) as cache:
+        cache.put(make_row("k", "first", output_tokens=1))
+        cache.put(make_row("k", "second", output_tokens=2))
+        assert cache.get("k") == CachedAnswer("second", None, 2, None, None, "m1")
+        cache.flush()
+        assert (cache.get("k").text, cache.count()) == ("second", 1)
+        assert cache.stats()["writes"] == 1

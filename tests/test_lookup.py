@@ -19,8 +19,8 @@ import pytest
 from _mock_backend import close_backend, make_backend
 
 import minima_nb  # noqa: F401  (registers df.minima)
-from minima_nb.cache import CacheRow, PromptCache
-from minima_nb.cache.key import cache_key, key_function
+from minima_nb.cache import CacheRow, PromptCache, reads
+from minima_nb.cache.key import cache_key, key_function, keys_function
 from minima_nb.config import BatchConfig, MinimaLlmConfig
 from minima_nb.engine.backend import OpenAIMinimaLlm
 from minima_nb.engine.sync import run_sync
@@ -208,6 +208,44 @@ def test_key_function_reused_across_messages_equals_cache_key():
             assert key_of(messages) == reference_key(model, messages, *params[1:])
 
 
+def _one_message_prompt(rng: random.Random) -> Any:
+    """The shape keys_function hashes around its text, and near misses of that shape."""
+    role = rng.choice(["user", "system", "assistant", rand_text(rng), f"role-{rng.randint(0, 60)}"])
+    content = rand_text(rng)
+    return rng.choice([
+        [{"role": role, "content": content}],
+        [{"content": content, "role": role}],  # the other insertion order hashes alike
+        [{"role": role, "content": content, "name": "n"}],  # a third field
+        [{"role": role, "content": 1.0}],  # a number to normalise
+        [{"role": role, "content": [{"type": "text", "text": content}]}],  # content parts
+        [{"role": role}],
+        ({"role": role, "content": content},),  # a tuple of one
+        [{"role": role, "content": content}, {"role": "user", "content": content}],
+        None,
+    ])
+
+
+def test_keys_function_equals_cache_key_for_each_prompt():
+    """keys_function(...)(prompts) is each prompt's cache_key (None for None), over unicode texts,
+    many roles, extra fields, numbers, namespaces, and message lists of other shapes."""
+    rng = random.Random(16)
+    for _ in range(60):
+        params = rand_params(rng)
+        model, temperature, max_tokens, extra, namespace = params
+        prompts = [_one_message_prompt(rng) if rng.random() < 0.8 else rand_messages(rng) for _ in range(40)]
+        keys = keys_function(model, temperature, max_tokens, extra, namespace)(prompts)
+        assert keys == [None if p is None else reference_key(model, p, *params[1:])[0] for p in prompts]
+
+
+def test_keys_function_is_reusable_across_calls():
+    """One keys_function over two lists (more roles than it keeps spelled) gives the same keys."""
+    keys_of = keys_function("m", 0.0, 64, {"seed": 1}, "exp")
+    prompts = [[{"role": f"r{i}", "content": f"q {i} é 😀"}] for i in range(100)]
+    first = keys_of(prompts)
+    assert keys_of(prompts[::-1]) == first[::-1]
+    assert first == [cache_key("m", p, 0, 64, {"seed": 1}, "exp")[0] for p in prompts]
+
+
 def test_key_distinguishes_what_the_server_sees():
     """Keys differ when the sent request differs and agree when only the spelling differs."""
     m = msgs("hi")
@@ -354,6 +392,35 @@ def test_bulk_reads_answer_queued_and_committed_rows(tmp_path):
         assert cache.get_texts(["k2"]) == {"k2": "second"}
     finally:
         cache.close()
+
+
+def test_texts_of_lays_answers_out_in_the_callers_order(tmp_path):
+    """texts_of gives one entry per key, in order: queued and committed texts, None for a miss,
+    a None key or a repeat of either."""
+    with PromptCache(tmp_path, flush_interval_s=60) as cache:
+        cache.put(_row("k1", "first", 3))
+        cache.flush()
+        cache.put(_row("k2", "second é", 5))  # still queued
+        keys = ["k2", None, "nope", "k1", "k2", None, "nope"]
+        assert cache.texts_of(keys) == ["second é", None, None, "first", "second é", None, None]
+        assert cache.texts_of([]) == []
+        stats = cache.stats()
+        assert (stats["hits"], stats["misses"]) == (3, 2)  # each key given, repeats too
+
+
+@pytest.mark.parametrize("key_of", [str, lambda i: f'k"{i}\\é\n😀\u2028'], ids=["plain", "escaped"])
+def test_texts_of_keeps_order_over_many_reads(tmp_path, key_of):
+    """Over more keys than one read takes, shuffled, repeated and missing, texts_of answers each
+    position with its key's text; keys that need JSON escaping too; the IN path agrees."""
+    rng = random.Random(5)
+    with PromptCache(tmp_path, flush_interval_s=60) as cache:
+        stored = {key_of(i): f"text {i} ü" for i in range(0, 12_000, 2)}
+        cache.put_many([(k, None, "m", "[]", "{}", t, None, None, None, None, None, 1.0) for k, t in stored.items()])
+        cache.flush()
+        keys = [key_of(rng.randrange(12_000)) for _ in range(11_000)] + [None, key_of(4)]
+        assert cache.texts_of(keys) == [None if k is None else stored.get(k) for k in keys]
+        # the path of an SQLite built without JSON functions gives the same texts
+        assert reads._texts_keyed(cache._query, keys[:-2]) == cache.texts_of(keys[:-2])  # noqa: SLF001
 
 
 def test_bulk_reads_count_misses_only_when_asked(tmp_path):

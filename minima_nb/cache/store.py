@@ -1,16 +1,17 @@
 """The SQLite prompt cache: the file and its schema, stored rows, batched reads, queued writes.
 
 One file, ``{cache_dir}/minima_llm.db``, in WAL mode so readers never wait for the writer and
-several processes can share it. Reads run on the caller's thread (one connection per thread)
-and are batched with ``WHERE key IN (...)``. Writes never run on the caller's thread: ``put()``
-queues the row and a single daemon thread groups queued rows into one transaction per batch,
-committing each row within about ``flush_interval_s``. Rows hold the request (model, messages,
-params as JSON), the answer and its usage, so the file can be inspected with any SQLite tool
-and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
+several processes can share it. Reads run on the caller's thread (one connection per thread,
+the file mapped, writes refused) and are batched: ``WHERE key IN (...)``, or for a column of
+texts a ``json_each`` join that answers the keys in their order (``texts_of``). Writes never
+run on the caller's thread: ``put()`` queues the row and a single daemon thread groups queued
+rows into one transaction per batch, committing each row within about ``flush_interval_s``.
+Rows hold the request (model, messages, params as JSON), the answer and its usage, so the file
+can be inspected with any SQLite tool and exported. Only answers are stored: failures and ``None`` texts are refused, and nothing
 here ever receives an API key.
 
-Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file` and the writer thread
-in :mod:`.writer`; the package (``minima_nb.cache``) gathers the names the rest of minima_nb uses.
+Keys live in :mod:`.key`, the file's schema and opening in :mod:`.file`, the read queries in
+:mod:`.reads` and the writer thread in :mod:`.writer`; the package (``minima_nb.cache``) gathers the names the rest of minima_nb uses.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +36,11 @@ from .file import CACHE_FILENAME, COLUMNS, open_file, prepare_directory
 from .key import (
     string_messages_json,
 )
-from .writer import BatchWriter, connect
+from .reads import FIRST_ROWID, READ_CHUNK, page_rows, page_sql, read_connection, texts_in_order
+from .writer import BatchWriter
 
 __all__ = ["CacheRow", "CachedAnswer", "FIRST_ROWID", "PromptCache", "READ_CHUNK", "page_rows", "page_sql"]
 
-READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
 _log = logging.getLogger(__name__)
 
 _UPSERT = (
@@ -108,8 +108,19 @@ def _jsonable(obj: Any) -> Any:
 _to_json = json.JSONEncoder(ensure_ascii=False, default=_jsonable).encode
 
 
+_json_string = json.encoder.encode_basestring  # the encoder's own escaper (ensure_ascii=False)
+
+
 def _messages_json(messages: Any) -> str:
     """``_to_json(messages)``, spelled directly for the usual list of string dicts (one per answer)."""
+    if type(messages) is list and len(messages) == 1:
+        # The commonest request of all, one {"role", "content"} message in that order, spelled
+        # without the general helper's loop (this runs once per stored answer).
+        message = messages[0]
+        if type(message) is dict and len(message) == 2 and next(iter(message)) == "role":
+            role, content = message["role"], message.get("content")
+            if type(role) is str and type(content) is str:
+                return '[{"role": ' + _json_string(role) + ', "content": ' + _json_string(content) + "}]"
     spelled = string_messages_json(messages, canonical=False)
     return _to_json(messages) if spelled is None else spelled
 
@@ -118,44 +129,6 @@ def _row_from_db(values: Sequence[Any]) -> CacheRow:
     key, namespace, model, messages, params, text, raw, *rest = values
     return CacheRow(key, namespace, model, json.loads(messages or "[]"), json.loads(params or "{}"),
                     text, None if raw is None else json.loads(raw), *rest)
-
-
-FIRST_ROWID = -(2**63)  # below every rowid: "after FIRST_ROWID" is from the start
-
-
-def page_sql(where_sql: str, include_raw: bool) -> str:
-    """The query of one page of stored rows ``(rowid, *COLUMNS)`` matching ``where_sql``.
-
-    Its parameters: the rowid to start after, ``where_sql``'s own, and the page size; ``raw``
-    is NULL unless ``include_raw``.
-    """
-    columns = ", ".join(c if include_raw or c != "raw" else "NULL" for c in COLUMNS)
-    condition = f" AND ({where_sql})" if where_sql.strip() else ""
-    return f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
-
-
-def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, params: Sequence[Any],
-              chunk_size: int, include_raw: bool, limit: int | None = None,
-              after: int = FIRST_ROWID) -> Iterator[list[tuple[Any, ...]]]:
-    """Stored rows ``(rowid, *COLUMNS)`` after rowid ``after``, in insert order, in lists of up
-    to ``chunk_size``.
-
-    Pages by rowid, one short ``query(sql, params)`` per list, so no read stays open between
-    lists; ``raw`` is NULL unless ``include_raw``; at most ``limit`` rows when given.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
-    sql = page_sql(where_sql, include_raw)
-    last, left = after, limit
-    while left is None or left > 0:
-        size = chunk_size if left is None else min(chunk_size, left)
-        rows = query(sql, (last, *params, size))
-        if rows:
-            last = rows[-1][0]
-            yield rows
-        left = None if left is None else left - len(rows)
-        if len(rows) < size:
-            return
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -187,12 +160,9 @@ class PromptCache:
         self._hits = 0
         self._misses = 0
         self._writer = BatchWriter(self.path, _UPSERT, flush_interval_s, max_batch_rows)
-        # Rows queued but not yet committed, in queue order, so that a prompt asked again
-        # straight after its answer arrived is a hit rather than a second paid request.
-        # Each entry holds the row's sequence number and its serialised values; the answer object
-        # is only built if the row is read before it is committed (rare).
-        self._pending: OrderedDict[str, tuple[int, tuple[Any, ...]]] = OrderedDict()
-        self._dropped_upto = 0  # the writer's ``done`` when _pending was last trimmed
+        # Rows put but not committed yet are read back from the writer's lots (BatchWriter.queued),
+        # so that a prompt asked again straight after its answer arrived is a hit rather than a
+        # second paid request; the answer object is only built if such a row is read (rare).
         _OPEN_CACHES.add(self)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -203,7 +173,7 @@ class PromptCache:
             raise CacheError(f"the cache {str(self.path)!r} is {state}; open it again to read.")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path)
+            conn = read_connection(self.path)
             with self._lock:
                 self._connections.append(conn)
             self._local.conn = conn
@@ -222,22 +192,7 @@ class PromptCache:
 
     def _pending_rows(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
         """Answers among ``keys`` queued for writing but not committed yet, as get_many_rows() tuples."""
-        with self._lock:
-            self._drop_committed()
-            if not self._pending:
-                return {}
-            return {k: _ANSWER_ROW(self._pending[k][1]) for k in keys if k in self._pending}
-
-    def _drop_committed(self) -> None:
-        done = self._writer.done
-        if done == self._dropped_upto:  # nothing committed since the last look (most puts)
-            return
-        self._dropped_upto = done
-        while self._pending:
-            key, (seq, _) = next(iter(self._pending.items()))
-            if seq > done:
-                return
-            del self._pending[key]
+        return {k: _ANSWER_ROW(values) for k, values in self._writer.queued_many(keys).items()}
 
     def get(self, key: str) -> CachedAnswer | None:
         """The cached answer for ``key``, or None."""
@@ -268,6 +223,28 @@ class PromptCache:
         """The cached answer texts among ``keys``: :meth:`get_many_rows` reading the text alone."""
         return self._read_many(keys, "key, text", None, count_misses)
 
+    def texts_of(self, keys: Sequence[str | None], *, count_misses: bool = True) -> list[str | None]:
+        """The cached text of each of ``keys``, in their order: None for a miss or a None key.
+
+        The bulk read of a re-run's column of texts. SQLite walks the keys in the order given
+        and answers each with its text (``json_each`` joined to the table), so there is no
+        ``IN`` list to sort, no key read back and no per-row lookup left to Python: measured,
+        half the time of :meth:`get_texts` on 100k keys. Rows queued for writing are answered
+        from memory. Each key counts in :meth:`stats`, a repeated one each time.
+        """
+        present: list[Any] = [k for k in keys if k is not None] if None in keys else list(keys)
+        # Queued rows are taken before the file is read: one committed in between is in the file.
+        queued = self._pending_rows(present)
+        texts = texts_in_order(self._query, present)
+        if queued:  # the newest answer of a key is the queued one
+            texts = [queued[k][0] if k in queued else text for k, text in zip(present, texts, strict=True)]
+        misses = texts.count(None)
+        self._count(len(texts) - misses, misses if count_misses else 0)
+        if len(present) == len(keys):
+            return texts
+        answers = iter(texts)  # back to the caller's positions: None keys stay None
+        return [None if k is None else next(answers) for k in keys]
+
     def _read_many(
         self,
         keys: Iterable[str],
@@ -294,10 +271,8 @@ class PromptCache:
     def get_with_raw(self, key: str) -> tuple[Any, ...] | None:
         """get()'s fields, then the stored body as text (or None), in one read; a miss is not
         counted in stats() (the caller's fallback lookup counts it)."""
-        with self._lock:
-            self._drop_committed()
-            queued = self._pending.get(key)
-        rows = ([(*_ANSWER_ROW(queued[1])[:6], queued[1][6])] if queued is not None else
+        queued = self._writer.queued(key)
+        rows = ([(*_ANSWER_ROW(queued)[:6], queued[6])] if queued is not None else
                 self._query(f"SELECT {_ANSWER_COLUMNS}, raw FROM responses WHERE key = ?", (key,)))
         if rows:
             self._count(1, 0)
@@ -305,9 +280,8 @@ class PromptCache:
 
     def get_raw(self, key: str) -> dict | None:
         """The server's raw JSON body stored with ``key`` (or queued for storing), or None."""
-        with self._lock:
-            queued = self._pending.get(key)
-        rows = [(queued[1][6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
+        queued = self._writer.queued(key)
+        rows = [(queued[6],)] if queued else self._query("SELECT raw FROM responses WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def count(self) -> int:
@@ -335,14 +309,15 @@ class PromptCache:
                         row.input_tokens, row.output_tokens, row.finish_reason, row.latency_s,
                         row.created_at, row.raw_json)
 
-    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict,
+    def put_fields(self, key: str, namespace: str | None, model: str, messages: Any, params: dict | None,
                    text: str, raw: dict | None = None, input_tokens: int | None = None,
                    output_tokens: int | None = None, finish_reason: str | None = None,
                    latency_s: float | None = None, created_at: float = 0.0,
                    raw_json: str | None = None, params_json: str | None = None) -> None:
         """``put(CacheRow(...))`` with CacheRow's fields as arguments: the backend's path, which
         saves building a row object per answer. ``params_json``, when given, is ``params``
-        already serialised (the backend reuses one per set of request fields)."""
+        already serialised (the backend reuses one per set of request fields), and ``params``
+        may then be None."""
         # Validated and serialised here, on the caller's thread, so a bad row fails where it was made.
         if not isinstance(text, str):
             raise ValueError(f"cache row {key!r} has text={text!r}; only string answers are cached.")
@@ -350,11 +325,7 @@ class PromptCache:
         values = (key, namespace, model, _messages_json(messages),
                   params_json if params_json is not None else _to_json(params), text, raw_text,
                   input_tokens, output_tokens, finish_reason, latency_s, created_at or time.time())
-        with self._lock:
-            seq = self._writer.submit(values)
-            self._pending.pop(key, None)  # re-inserted last: the dict stays in queue order
-            self._pending[key] = (seq, values)
-            self._drop_committed()
+        self._writer.submit(key, values)  # readable at once, through the writer's staged lots
 
     def put_many(self, rows: list[tuple[Any, ...]]) -> None:
         """Queue already serialised rows (``COLUMNS`` order; messages, params and raw as JSON

@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..cache import Adoption, CachedAnswer, KeyTracer, PromptCache, Wanted, cache_key, key_function
+from ..cache import (
+    Adoption,
+    CachedAnswer,
+    KeyTracer,
+    PromptCache,
+    Wanted,
+    cache_key,
+    key_function,
+    keys_function,
+)
 from ..config import MinimaLlmConfig
 from ..types import MinimaLlmRequest, MinimaLlmResponse, Usage
 from .pulse import BackendPulse
@@ -62,20 +71,35 @@ class CacheSide:
         """
         if self._cache is None or self.config.force_refresh:
             return [None] * len(prompts)
-        key_of = key_function(model or self.config.model, temperature, max_tokens, extra,
-                              self.config.cache_namespace)
-        keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
-        read = self._cache.get_texts if text_only else self._cache.get_many_rows
-        found = read((k for k in keys if k is not None), count_misses=False)
-        self._pulse.record_hits(len(found))
-        if self._adoption is not None and len(found) < len(keys):
-            name = model or self.config.model
-            adopted = self._adoption.find([Wanted(k, name, p, temperature, max_tokens, extra)
-                                           for k, p in zip(keys, prompts, strict=True) if k is not None and k not in found])
-            found.update({k: row[0] if text_only else row for k, (row, _) in adopted.items()})  # type: ignore[misc]
+        name = model or self.config.model
+        namespace = self.config.cache_namespace
+        keys: list[str | None]
+        if self._tracer is None:
+            keys = keys_function(name, temperature, max_tokens, extra, namespace)(prompts)
+        else:  # the trace writes each key's canonical JSON: the per-prompt path spells it
+            key_of = key_function(name, temperature, max_tokens, extra, namespace)
+            keys = [None if messages is None else self._traced(*key_of(messages)) for messages in prompts]
+        found = self._found(self._cache, keys, text_only)
+        unfound = found.count(None)
+        self._pulse.record_hits(len(found) - unfound)
+        if self._adoption is not None and unfound > keys.count(None):  # a row with a prompt missed
+            missed = [(i, k) for i, (k, hit) in enumerate(zip(keys, found, strict=True)) if hit is None and k is not None]
+            adopted = self._adoption.find([Wanted(k, name, prompts[i], temperature, max_tokens, extra) for i, k in missed])
+            for i, k in missed:
+                answer = adopted.get(k)
+                if answer is not None:
+                    found[i] = answer[0][0] if text_only else answer[0]
             for _, source in adopted.values():
                 self._pulse.record_hits(1, source)
-        return [None if key is None else found.get(key) for key in keys]
+        return found
+
+    @staticmethod
+    def _found(cache: PromptCache, keys: list[str | None], text_only: bool) -> list[Any]:
+        """Per key its cached text (``text_only``) or row, else None; in the order of ``keys``."""
+        if text_only:
+            return cache.texts_of(keys, count_misses=False)
+        rows: dict[Any, tuple[Any, ...]] = cache.get_many_rows((k for k in keys if k is not None), count_misses=False)
+        return list(map(rows.get, keys))  # rows.get(None) is None
 
     def cache_stats(self) -> dict[str, Any]:
         """Entries, file size, and this process's hits and misses; ``{}`` without a cache."""
@@ -156,27 +180,36 @@ class CacheSide:
         self, cache: PromptCache, key: str, request: MinimaLlmRequest, model: str,
         answer: ParsedAnswer, latency: float,
     ) -> None:
-        params = {"temperature": request.temperature, "max_tokens": request.max_tokens, "extra": request.extra}
+        # Once per answer on the loop thread: the usual request's params JSON comes from a memo
+        # (no dict built), and the arguments go by position (cheaper than keywords).
+        temperature, max_tokens, extra = request.temperature, request.max_tokens, request.extra
+        params_json = self._params_json(temperature, max_tokens) if extra is None else None
+        params = None if params_json is not None else {
+            "temperature": temperature, "max_tokens": max_tokens, "extra": extra}
         cache.put_fields(
-            key, self.config.cache_namespace, model, request.messages, params,  # encoded there as is
-            answer.text, raw=answer.raw, input_tokens=answer.input_tokens,
-            output_tokens=answer.output_tokens, finish_reason=answer.finish_reason, latency_s=latency,
-            created_at=time.time(), raw_json=answer.raw_json, params_json=self._params_json(params),
+            key, self.config.cache_namespace, model, request.messages, params, answer.text,
+            answer.raw, answer.input_tokens, answer.output_tokens, answer.finish_reason, latency,
+            time.time(), answer.raw_json, params_json,
         )
 
-    def _params_json(self, params: dict[str, Any]) -> str | None:
-        """The stored JSON of ``params`` when ``extra`` is None, made once per (temperature, max_tokens)."""
-        if params["extra"] is not None:
-            return None  # the cache encodes it
-        fields = _memo_key(params["temperature"], params["max_tokens"])
+    def _params_json(self, temperature: float | None, max_tokens: int | None) -> str | None:
+        """The stored JSON of the params of a request without ``extra``, made once per
+        (temperature, max_tokens); None when they cannot key the memo."""
+        if temperature is None and max_tokens is None:
+            return _DEFAULT_PARAMS_JSON  # the usual request: neither set
+        fields = _memo_key(temperature, max_tokens)
         if fields is None:
             return None
         spelled = self._params_spelled.get(fields)
         if spelled is None:
             if len(self._params_spelled) >= 64:  # NaN never equals itself: keep the memo bounded
                 self._params_spelled.clear()
+            params = {"temperature": temperature, "max_tokens": max_tokens, "extra": None}
             spelled = self._params_spelled[fields] = json.dumps(params, ensure_ascii=False)
         return spelled
+
+
+_DEFAULT_PARAMS_JSON = json.dumps({"temperature": None, "max_tokens": None, "extra": None})
 
 
 def _memo_key(*values: Any) -> tuple[Any, ...] | None:

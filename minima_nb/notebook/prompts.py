@@ -51,6 +51,9 @@ def column_slots(
     values: Sequence[Any], index: pd.Index, column: Hashable, system: str | None
 ) -> list[Messages | None]:
     """Messages per row from a column of strings or message lists."""
+    if system is None and set(map(type, values)) == {str} and all(map(str.strip, values)):
+        # The usual column, all non-blank strings: one user message each, with no check per row.
+        return [[{"role": "user", "content": value}] for value in values]
     slots: list[Messages | None] = []
     append = slots.append
     for label, value in zip(index, values, strict=True):
