@@ -1,10 +1,11 @@
 """``python -m benchmarks.run``: every scenario, side by side, into benchmarks/RESULTS.md.
 
 Starts the fast upstream (0 ms and 50 ms latency, each in its own process on the last core),
-checks its capacity with wrk when installed, runs the scenarios (1-12: 8 is the caching proxy, 9 DSPy, 12 pacing
-without headers, 4 minutes) (every client in a fresh
+checks its capacity with wrk when installed, runs the scenarios (1-14: 8 is the caching proxy, 9 DSPy, 12 pacing
+without headers, 4 minutes; 13 a 1,000,000-row first pass through the accessor, about 15 minutes;
+14 asyncio's loop against uvloop) (every client in a fresh
 process pinned to core 0, several rounds in rotating order), prints each table as it is done
-and writes ``benchmarks/RESULTS.md``. The whole run takes about 15-20 minutes on 2 cores (scenario 12 alone 5).
+and writes ``benchmarks/RESULTS.md``. The whole run takes about 30-35 minutes on 2 cores (scenario 12 alone 5, scenario 13 about 15).
 
 Options: ``--rounds N`` (default 5), ``--only 1,3,7`` to run some scenarios (RESULTS.md is then
 written to ``--out``, by default ``benchmarks/RESULTS-partial.md``), ``--quick`` for a fast
@@ -35,16 +36,17 @@ from .scenarios_http import (
 )
 from .scenarios_pacing import scenario_adaptive
 from .scenarios_proxy import scenario_proxy
+from .scenarios_scale import scenario_firstpass, scenario_loops
 
 HERE = Path(__file__).resolve().parent
 FULL = {"n_throughput": 5_000, "n_latency": 2_000, "n_rerun": 100_000, "n_memory": 20_000,
         "export_sizes": (200_000, 1_000_000), "n_proxy": 5_000, "n_proxy_hits": 20_000,
         "n_dspy": 2_000, "n_dspy_rerun": 10_000,
-        "batch_sizes": (200_000, 1_000_000)}
+        "batch_sizes": (200_000, 1_000_000), "n_firstpass": 1_000_000, "n_loops": 5_000}
 QUICK = {"n_throughput": 1_000, "n_latency": 500, "n_rerun": 10_000, "n_memory": 2_000,
          "export_sizes": (20_000, 100_000), "n_proxy": 1_000, "n_proxy_hits": 2_000,
          "n_dspy": 500, "n_dspy_rerun": 2_000,
-         "batch_sizes": (20_000, 100_000)}
+         "batch_sizes": (20_000, 100_000), "n_firstpass": 20_000, "n_loops": 1_000}
 
 
 def log(message: str) -> None:
@@ -54,7 +56,7 @@ def log(message: str) -> None:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the noisy scenarios (default 5)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12,13,14", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke test")
     parser.add_argument("--out", default=None, help="where to write the Markdown report")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -97,6 +99,14 @@ def _scenarios(only: set[str], sizes: dict, rounds: int, workdir: Path) -> list[
                 log(f"scenario 9: DSPy, {sizes['n_dspy']:,} rows at 50 ms x {rounds} rounds, "
                     f"cached re-run of {sizes['n_dspy_rerun']:,} rows")
                 done(scenario_dspy(slow, fast, workdir, rounds, sizes["n_dspy"], sizes["n_dspy_rerun"], log))
+        if "13" in only:
+            once = 1 if rounds < 3 else 2  # a round at 1,000,000 rows takes about 10 minutes
+            log(f"scenario 13: first pass of {sizes['n_firstpass']:,} rows, cache on, x {once} rounds "
+                "(and one traced run)")
+            done(scenario_firstpass(fast, workdir, once, sizes["n_firstpass"], log))
+        if "14" in only:
+            log(f"scenario 14: asyncio against uvloop, {sizes['n_loops']:,} requests x {rounds} rounds")
+            done(scenario_loops(fast, workdir, rounds, sizes["n_loops"], log))
     if "6" in only:
         log(f"scenario 6: Parquet export of {sizes['export_sizes'][1]:,} rows x {few} rounds")
         done(scenario_export(workdir, few, sizes["export_sizes"], log))
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     rounds = 1 if args.quick else max(1, args.rounds)
     only = {part.strip() for part in args.only.split(",") if part.strip()}
-    complete = only >= {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "12"} and not args.quick
+    complete = only >= {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "12", "13", "14"} and not args.quick
     out = Path(args.out) if args.out else HERE / ("RESULTS.md" if complete else "RESULTS-partial.md")
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()

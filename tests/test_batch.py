@@ -520,3 +520,62 @@ def test_connect_failure_before_any_answer_aborts_at_once(tmp_path):
     with pytest.raises(BatchAborted, match="has not answered a single request") as info:
         with_backend(config, lambda b: b.run_batched([ask(f"q{i}") for i in range(40)], progress=False))
     assert sum(r is not None for r in info.value.results) <= 2  # one per worker at most
+
+
+# -- a large batch and the cyclic garbage collector ------------------------------------------
+
+
+class _Cycle:
+    """An object in a reference cycle with itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_large_batch_collects_young_cycles_and_turns_the_collector_back_on():
+    """During a batch of YOUNG_ONLY_FROM_ROWS rows or more the automatic collector is off (no
+    full walks over the rows), yet a cycle made during the batch is freed within a tick; after
+    the batch the collector is on again."""
+    import gc
+    import weakref
+
+    from minima_nb.engine.heap import YOUNG_ONLY_FROM_ROWS
+    from minima_nb.engine.pool import SNAPSHOT_INTERVAL_S
+
+    assert gc.isenabled()
+    enabled_during: list[bool] = []
+    freed_by_the_ticker: list[bool] = []
+
+    async def one(i: int) -> int:
+        if i == 0:
+            enabled_during.append(gc.isenabled())
+            young = weakref.ref(_Cycle())  # garbage at once, but only a collection frees it
+            for _ in range(20):
+                await asyncio.sleep(SNAPSHOT_INTERVAL_S / 2)
+                if young() is None:
+                    break
+            freed_by_the_ticker.append(young() is None)
+        return i
+
+    rows = list(range(YOUNG_ONLY_FROM_ROWS))
+    out = asyncio.run(run_batched_callable(rows, one, progress=False))
+    assert out == rows
+    assert enabled_during == [False]
+    assert freed_by_the_ticker == [True]
+    assert gc.isenabled()
+
+
+def test_small_batch_and_a_callers_own_gc_setting_are_left_alone():
+    """A small batch leaves the collector on; a process that turned it off keeps it off."""
+    import gc
+
+    async def enabled(_: int) -> bool:
+        return gc.isenabled()
+
+    assert set(asyncio.run(run_batched_callable(list(range(100)), enabled, progress=False))) == {True}
+    gc.disable()
+    try:
+        asyncio.run(run_batched_callable(list(range(20_000)), enabled, progress=False))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -388,3 +388,93 @@ def test_forked_child_gets_its_own_working_loop():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "after"]
+
+
+# -- which loop the private thread runs on (uvloop when installed; MINIMA_UVLOOP=0: asyncio's) --
+
+
+def _generate_on_private_loop(srv, prompts: list[str]) -> tuple[list[str], asyncio.AbstractEventLoop]:
+    """A real df.minima.generate against ``srv`` (cache off); the answers and the loop that ran it."""
+    import pandas as pd
+    from _mock_backend import close_backend, make_backend
+
+    import minima_nb  # noqa: F401  - registers the accessor
+
+    llm = make_backend(srv, None)
+    try:
+        answers = pd.DataFrame({"prompt": prompts}).minima.generate("prompt", backend=llm, progress=False)
+        loop = run_sync(_running_loop())
+    finally:
+        close_backend(llm)
+    return answers.tolist(), loop
+
+
+@pytest.mark.parametrize("switch", ["", "1", "0", "off"])
+def test_private_loop_is_uvloop_unless_minima_uvloop_says_off(srv, monkeypatch, switch):
+    """With uvloop installed the batch runs on uvloop; MINIMA_UVLOOP=0 (or off) runs it on asyncio's."""
+    import uvloop
+
+    from minima_nb.engine.loop import background_loop_kind
+
+    if switch:
+        monkeypatch.setenv("MINIMA_UVLOOP", switch)
+    else:
+        monkeypatch.delenv("MINIMA_UVLOOP", raising=False)
+    prompts = [f"loop question {i}" for i in range(40)]
+    answers, loop = _generate_on_private_loop(srv, prompts)
+    on_uvloop = switch not in ("0", "off")
+    assert isinstance(loop, uvloop.Loop) is on_uvloop
+    assert background_loop_kind() == ("uvloop" if on_uvloop else "asyncio")
+    assert all(isinstance(a, str) and a for a in answers)
+    assert srv.requests_total == len(prompts)
+
+
+def test_both_loops_give_the_same_answers(srv, monkeypatch):
+    """The loop is an implementation detail: the same prompts give the same answers on either."""
+    prompts = [f"same on both {i}" for i in range(30)]
+    monkeypatch.setenv("MINIMA_UVLOOP", "0")
+    on_asyncio, loop = _generate_on_private_loop(srv, prompts)
+    assert type(loop).__module__.startswith("asyncio")
+    shutdown_background_loop()
+    monkeypatch.setenv("MINIMA_UVLOOP", "1")
+    on_uvloop, loop = _generate_on_private_loop(srv, prompts)
+    assert type(loop).__module__.startswith("uvloop")
+    assert on_uvloop == on_asyncio
+    assert srv.requests_total == 2 * len(prompts)
+
+
+def test_uvloop_private_loop_inside_a_running_asyncio_loop(monkeypatch):
+    """In a kernel cell (an asyncio loop running in the caller's thread) the private thread
+    still gets uvloop, and the kernel's loop stays asyncio's own."""
+    import uvloop
+
+    monkeypatch.delenv("MINIMA_UVLOOP", raising=False)
+
+    async def kernel_cell() -> tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop, int]:
+        return asyncio.get_running_loop(), run_sync(_running_loop()), run_sync(_add(2, 3))
+
+    outer, private, total = asyncio.run(kernel_cell())
+    assert isinstance(private, uvloop.Loop)
+    assert not isinstance(outer, uvloop.Loop)
+    assert total == 5
+
+
+def test_without_uvloop_the_private_loop_is_asyncios():
+    """uvloop missing (the package without the `fast` extra) is not an error: asyncio's loop."""
+    result = _run_python(
+        """
+        import sys
+        sys.modules["uvloop"] = None  # what an interpreter without uvloop sees: ImportError
+        import asyncio
+        from minima_nb.engine.loop import background_loop_kind
+        from minima_nb.engine.sync import run_sync
+
+        async def which():
+            await asyncio.sleep(0.01)
+            return type(asyncio.get_running_loop()).__module__
+
+        print(background_loop_kind(), run_sync(which()))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["asyncio", "asyncio.unix_events"]

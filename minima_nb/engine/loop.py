@@ -11,6 +11,11 @@ loop-bound object it creates (HTTP sessions, semaphores, the rate limiter) lives
 must only be used there. Because the same loop serves every call, those objects (and the HTTP
 connection pools) are reused from one ``run_sync`` to the next.
 
+Which loop: uvloop's when it is installed (the ``fast`` extra), because the engine's own work per
+request is mostly the loop's (callbacks, sockets, timers) and uvloop does that work in C; asyncio's
+otherwise, or when ``MINIMA_UVLOOP=0`` is set (read each time a loop is made). The choice only
+concerns this private thread: a Jupyter kernel's loop in the caller's thread is never touched.
+
 Lifecycle: the loop starts on first use and is replaced when it stopped or belongs to the parent
 of a forked process (the child makes its own); ``shutdown_background_loop`` (also run at
 interpreter exit) cancels what is left, waits a bounded time for its cleanup and closes the loop.
@@ -29,6 +34,8 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 LOOP_THREAD_NAME = "minima-nb-loop"
+UVLOOP_ENV = "MINIMA_UVLOOP"
+_OFF_WORDS = frozenset({"0", "false", "no", "off"})
 _START_TIMEOUT_S = 10.0
 _EXIT_SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -49,12 +56,33 @@ class TrackedCall(Protocol):
     def fail(self, exc: BaseException) -> None: ...
 
 
+def uvloop_wanted() -> bool:
+    """False when ``MINIMA_UVLOOP`` says off (``0``, ``false``, ``no``, ``off``); True otherwise."""
+    return os.environ.get(UVLOOP_ENV, "").strip().lower() not in _OFF_WORDS
+
+
+def new_private_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """A new event loop for the private thread and its kind: ``"uvloop"`` or ``"asyncio"``.
+
+    uvloop's when it is importable and not switched off with ``MINIMA_UVLOOP=0``; asyncio's
+    otherwise (uvloop missing is the ordinary case, not an error).
+    """
+    if uvloop_wanted():
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
 class LoopThread:
     """One private loop, the daemon thread running it, and the calls in flight on it."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop, self.kind = new_private_loop()
         self.stop_requested = threading.Event()
         self.shutdown_timeout = _EXIT_SHUTDOWN_TIMEOUT_S
         self._jobs: set[TrackedCall] = set()
@@ -175,6 +203,11 @@ def background_loop() -> asyncio.AbstractEventLoop:
     process.
     """
     return current_owner().loop
+
+
+def background_loop_kind() -> str:
+    """The private loop's kind, ``"uvloop"`` or ``"asyncio"`` (starting the loop if needed)."""
+    return current_owner().kind
 
 
 def current_owner() -> LoopThread:

@@ -15,7 +15,9 @@ Guarantees, each kept by a test:
   re-raised; cancellation (KeyboardInterrupt through the sync bridge, ``task.cancel()``) cancels
   the workers and re-raises; no task is left running either way;
 * progress is published as :class:`BatchSnapshot` events to a sink at most every
-  ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread.
+  ``SNAPSHOT_INTERVAL_S`` plus a final one; counting stays on the loop thread;
+* a large batch runs with the cyclic collector's young collections only (:mod:`.heap`): the
+  full collections' walks over millions of live rows wait until it is over.
 
 The pool knows nothing of HTTP or caches: the backend's ``run_batched`` builds on it.
 """
@@ -32,6 +34,7 @@ from ..config import BatchConfig
 from ..errors import BatchAborted, BudgetExceeded
 from ..types import MinimaLlmFailure
 from .budget import current_cap
+from .heap import collect_young, young_collections_only
 from .meter import BatchMeter, current_meter
 from .progress import ProgressSink, make_sink
 
@@ -183,35 +186,40 @@ async def run_batched_callable(
         keep_last=cfg.keep_failure_summaries,
     )
     status = "error"
-    ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop))
-    tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
-    try:
-        if tasks:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
-        status = "aborted" if pool.abort_reason else "done"
-    except asyncio.CancelledError:
-        status = "interrupted"
-        raise
-    finally:
+    with young_collections_only(len(items)) as collecting:
+        ticker = asyncio.ensure_future(_publish(sink, meter, draw_in_loop, collecting))
+        tasks = [asyncio.ensure_future(pool.worker()) for _ in range(workers if items else 0)]
         try:
-            await _cancel_all([*tasks, ticker])
-        finally:  # a second cancel can cut the wait short; the display must still end
-            sink.update(meter.snapshot())
-            sink.close(status)
+            if tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        raise exc
+            status = "aborted" if pool.abort_reason else "done"
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            try:
+                await _cancel_all([*tasks, ticker])
+            finally:  # a second cancel can cut the wait short; the display must still end
+                sink.update(meter.snapshot())
+                sink.close(status)
     if pool.abort_reason is not None:
         raise pool.abort_type(pool.abort_reason, pool.finished_results())
     return pool.finished_results()
 
 
-async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool) -> None:
+async def _publish(sink: ProgressSink, meter: BatchMeter, draw: bool, collect: bool) -> None:
+    """Every tick: a snapshot to the sink (drawn here when asked), the young garbage collected
+    when the batch turned automatic collection off."""
     while True:
         sink.update(meter.snapshot())
         if draw:
             sink.draw()
+        if collect:
+            collect_young()
         await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
