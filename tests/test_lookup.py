@@ -693,3 +693,64 @@ def test_stored_params_spell_each_request_field_as_sent(srv, tmp_path):
     for i, (t, m) in enumerate(fields):
         assert rows[f"p{i}"] == {"temperature": t, "max_tokens": m, "extra": None}
         assert type(rows[f"p{i}"]["temperature"]) is type(t)
+
+
+# -- lookup_keyed and looked_up_keys: a first pass keys and looks each row up once -----------------
+
+
+def test_lookup_keyed_gives_each_prompt_its_cache_key(srv, tmp_path):
+    """lookup_keyed answers as lookup does, with the key each prompt was looked up under."""
+    llm = make_backend(srv, tmp_path / "c")
+    no_cache = make_backend(srv, None)
+    refresh = make_backend(srv, tmp_path / "c", force_refresh=True)
+    try:
+        batch(llm, requests_for(["kept"], temperature=0.5))
+        prompts = [msgs("kept"), None, msgs("new")]
+        found, keys = llm.lookup_keyed(prompts, temperature=0.5, text_only=True)
+        assert found == llm.lookup(prompts, temperature=0.5, text_only=True) == [echo("kept"), None, None]
+        assert keys == [cache_key("mock-model", msgs("kept"), 0.5, None, None)[0], None,
+                        cache_key("mock-model", msgs("new"), 0.5, None, None)[0]]
+        assert no_cache.lookup_keyed(prompts) == ([None, None, None], None)  # nothing looked up
+        assert refresh.lookup_keyed(prompts) == ([None, None, None], None)
+    finally:
+        for backend in (llm, no_cache, refresh):
+            close_backend(backend)
+
+
+def test_first_pass_sends_its_misses_under_the_looked_up_keys(srv, tmp_path):
+    """The accessor hands run_batched the keys its lookup made: each miss is counted once,
+    duplicates are sent once, and every answer is stored under its key (a re-run sends nothing)."""
+    config = MinimaLlmConfig(base_url=srv.base_url, model="mock-model", rpm=0, cache_dir=str(tmp_path))
+    seen_keys = []
+
+    class KeySpy(OpenAIMinimaLlm):
+        def run_batched(self, requests, **kwargs):
+            seen_keys.append(kwargs.get("looked_up_keys"))
+            return super().run_batched(requests, **kwargs)
+
+    llm = KeySpy(config)
+    try:
+        gen(pd.DataFrame({"prompt": ["seen"]}), "prompt", backend=llm)
+        srv.reset_counts()
+        before = llm.cache_stats()
+        frame = pd.DataFrame({"prompt": ["seen", "x", None, "y", "x"]})
+        out = gen(frame, "prompt", backend=llm, temperature=0.0)
+        assert srv.requests_total == 3  # seen (other temperature), x once, y
+        assert seen_keys[-1] == [cache_key("mock-model", msgs(p), 0.0, None, None)[0]
+                                 for p in ["seen", "x", "y", "x"]]
+        stats = llm.cache_stats()
+        assert stats["misses"] - before["misses"] == 3  # three distinct prompts sent, each counted once
+        assert out.tolist()[:2] == [echo("seen"), echo("x")]
+        srv.reset_counts()
+        again = gen(frame, "prompt", backend=llm, temperature=0.0)
+        assert srv.requests_total == 0 and again.tolist()[3] == echo("y")
+        gen(frame, "prompt", backend=llm, force_refresh=True)
+        assert seen_keys[-1] is None  # force refresh looks nothing up, so run_batched keys the rows
+    finally:
+        close_backend(llm)
+
+
+def test_run_batched_refuses_looked_up_keys_that_do_not_match(backend):
+    """A key list of another length is a programming error, said before anything is sent."""
+    with pytest.raises(ValueError, match="one key per request"):
+        batch(backend, requests_for(["a", "b"]), looked_up_keys=["only one"])

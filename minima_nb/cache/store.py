@@ -185,6 +185,11 @@ class PromptCache:
                 "away (the answers in it are lost) or pass another cache_dir (or set CACHE_DIR)."
             ) from None
 
+    def count_misses(self, misses: int) -> None:
+        """Count ``misses`` in :meth:`stats`: keys a caller looked up uncounted
+        (``count_misses=False``), found nothing for, and now sends."""
+        self._count(0, misses)
+
     def _count(self, hits: int, misses: int) -> None:
         with self._lock:
             self._hits += hits

@@ -100,19 +100,27 @@ class OpenAIMinimaLlm(CacheSide, PredecessorSpellings):
         label: str = "minima",
         draw_in_loop: bool = True,
         cached_rows: int = 0,
+        looked_up_keys: Sequence[str] | None = None,
     ) -> list[MinimaLlmResult]:
         """Answer many requests; results in input order, one per request (a failure in its slot).
 
         Cached answers are read in bulk before any request goes out; identical requests are sent
         once; the batch stops with ``BatchAborted`` past ``batch.max_failures`` failures.
         ``cached_rows`` counts rows the caller already answered with :meth:`lookup`: progress
-        shows them as cached rows of the same batch.
+        shows them as cached rows of the same batch. ``looked_up_keys`` are the requests'
+        cache keys as :meth:`lookup_keyed` made them, from a lookup that found none of them:
+        they are then sent without being keyed and looked up again (a first pass over a
+        large frame spends a tenth of its time on that otherwise).
         """
         for r in requests:
             check_messages(r.request_id, r.messages)
         refresh = force_refresh or self.config.force_refresh
         models = [r.model or self.config.model for r in requests]
-        keys = self._keys(requests, models)
+        looked_up = looked_up_keys is not None and self._cache is not None and not refresh
+        if looked_up_keys is not None and len(looked_up_keys) != len(requests):
+            raise ValueError(f"looked_up_keys has {len(looked_up_keys)} keys for {len(requests)} requests; "
+                             "pass one key per request, in the same order, or none.")
+        keys = list(looked_up_keys) if looked_up and looked_up_keys is not None else self._keys(requests, models)
         rows_per_key = Counter(keys)
         first_of: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -120,7 +128,9 @@ class OpenAIMinimaLlm(CacheSide, PredecessorSpellings):
         cache = self._cache
         hits: dict[str, tuple[Any, ...]] = {}
         adopted: dict[str, tuple[tuple[Any, ...], str]] = {}
-        if cache is not None and not refresh:
+        if cache is not None and looked_up:
+            cache.count_misses(len(first_of))  # lookup_keyed left its misses uncounted
+        elif cache is not None and not refresh:
             hits = await self._bulk_lookup(cache, list(first_of))
             if self._adoption is not None and len(hits) < len(first_of):
                 missed = [i for k, i in first_of.items() if k not in hits]

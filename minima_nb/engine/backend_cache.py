@@ -71,11 +71,29 @@ class CacheSide:
         a None prompt, no cache, or force refresh in the config. All prompts share the request
         fields given (``model`` defaults to the configured one). This is the bulk path of a
         cached re-run: no object is made per row. Only hits are counted in
-        :meth:`cache_stats`; a miss is counted once, when :meth:`run_batched` looks it up
-        again just before sending it.
+        :meth:`cache_stats`; a miss is counted once, when :meth:`run_batched` sends it.
+        """
+        return self.lookup_keyed(prompts, model=model, temperature=temperature,
+                                 max_tokens=max_tokens, extra=extra, text_only=text_only)[0]
+
+    def lookup_keyed(
+        self,
+        prompts: Sequence[Any],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+        text_only: bool = False,
+    ) -> tuple[list[Any], list[str | None] | None]:
+        """:meth:`lookup`, and each prompt's cache key (None for a None prompt).
+
+        The keys are None as a whole when nothing was looked up (no cache, or force refresh).
+        A caller that sends the misses passes their keys to :meth:`run_batched`
+        (``looked_up_keys``), which then neither keys nor looks them up a second time.
         """
         if self._cache is None or self.config.force_refresh:
-            return [None] * len(prompts)
+            return [None] * len(prompts), None
         name = model or self.config.model
         namespace = self.config.cache_namespace
         keys: list[str | None]
@@ -96,7 +114,7 @@ class CacheSide:
                     found[i] = answer[0][0] if text_only else answer[0]
             for _, source in adopted.values():
                 self._pulse.record_hits(1, source)
-        return found
+        return found, keys
 
     @staticmethod
     def _found(cache: PromptCache, keys: list[str | None], text_only: bool) -> list[Any]:

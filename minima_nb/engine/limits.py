@@ -116,8 +116,15 @@ class RateLimitInfo:
     ) -> RateLimitInfo | None:
         """Read the six OpenAI rate-limit headers (any case); ``None`` when none is usable."""
         try:
-            # Only the rate-limit headers are kept: most answers of most servers carry none,
-            # and then nothing below runs (this reads every answer's headers).
+            # Most answers of most servers carry none: one look at the names, all lowered at
+            # once, ends here for them (this reads every answer's headers).
+            names = (headers or {}).keys()
+            try:
+                spelled = ",".join(names)
+            except TypeError:  # a mapping with names that are not strings
+                spelled = ",".join(map(str, names))
+            if "x-ratelimit-" not in spelled.lower():
+                return None
             lowered = {name: str(v) for name, v in ((str(k).lower(), v) for k, v in (headers or {}).items())
                        if name.startswith("x-ratelimit-")}
         except Exception:  # an odd mapping type must not break a successful answer

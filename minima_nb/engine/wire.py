@@ -94,11 +94,12 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 
 def parse_answer(body: bytes) -> ParsedAnswer:
     """Read a chat-completion body; raise ResponseError when it holds no usable text."""
+    text = _body_text(body)  # decoded once: json.loads would decode the bytes again
     try:
-        data = json.loads(body)
+        data = json.loads(body if text is None else text)
     except (ValueError, UnicodeDecodeError):
         raise ResponseError(f"server answered 2xx but the body is not JSON: {_preview(body)}") from None
-    return answer_of(data, _body_text(body), body)
+    return answer_of(data, text, body)
 
 
 def answer_of(data: Any, raw_json: str | None = None, body: bytes = b"") -> ParsedAnswer:

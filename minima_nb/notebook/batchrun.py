@@ -65,11 +65,14 @@ def sink_for(backend: Any, progress: Any, label: str) -> Any:
     return make_sink(progress, label=label, **timing)
 
 
-def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_rows: int) -> dict[str, Any]:
+def _batch_options(force_refresh: bool, sink: Any, draw_in_loop: bool, cached_rows: int,
+                   keys: list[str] | None) -> dict[str, Any]:
     """``run_batched``'s keyword arguments for one call."""
-    options = {"force_refresh": force_refresh, "progress": sink, "draw_in_loop": draw_in_loop}
+    options: dict[str, Any] = {"force_refresh": force_refresh, "progress": sink, "draw_in_loop": draw_in_loop}
     if cached_rows:  # only a backend with lookup() answered rows itself; others need not know it
         options["cached_rows"] = cached_rows
+    if keys is not None:  # only a backend with lookup_keyed() made them
+        options["looked_up_keys"] = keys
     return options
 
 
@@ -102,18 +105,20 @@ def run_batch(
     guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
     setup: Callable[[Any], Any] = lambda sink: sink,
     started: float | None = None,
+    keys: list[str] | None = None,
 ) -> list[Any]:
     """Run one batch from sync code (a script or a kernel cell), drawing on this thread.
 
     ``guard`` wraps the batch's coroutine (a schema check or a spend cap set around it);
     ``setup`` prepares the sink (its preview and notes); ``started`` (``time.monotonic()``
-    when the call began) makes the final line's rates cover the whole call."""
+    when the call began) makes the final line's rates cover the whole call; ``keys`` are the
+    requests' cache keys from the caller's lookup (``backend.lookup_keyed``), or None."""
     from ..engine.sync import run_sync  # loaded on first use: keeps `import minima_nb` cheap
 
     sink = CloseOnCaller(setup(sink_for(backend, progress, label)), started)
     with _finished_as(sink, interrupted_by=KeyboardInterrupt):
         batch = guard(backend.run_batched(requests, **_batch_options(force_refresh, sink, False,
-                                                                     cached_rows)))
+                                                                     cached_rows, keys)))
         return run_sync(batch, on_poll=sink.draw)
 
 
@@ -128,10 +133,11 @@ async def arun_batch(
     guard: Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]] = lambda c: c,
     setup: Callable[[Any], Any] = lambda sink: sink,
     started: float | None = None,
+    keys: list[str] | None = None,
 ) -> list[Any]:
     sink = CloseOnCaller(setup(sink_for(backend, progress, label)), started)
     # a cancelled await (the caller's Ctrl-C) or an error both read as interrupted here
     with _finished_as(sink, interrupted_by=BaseException):
         results: list[Any] = await guard(backend.run_batched(
-            requests, **_batch_options(force_refresh, sink, True, cached_rows)))
+            requests, **_batch_options(force_refresh, sink, True, cached_rows, keys)))
         return results

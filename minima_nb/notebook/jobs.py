@@ -194,6 +194,11 @@ class _Job:
         """Per slot, its cached row (or text) when answered without sending, else None."""
         return [None] * len(self.slots)
 
+    def lookup_keyed(self, backend: Any, force_refresh: bool, text_only: bool) -> tuple[list[Any], list[Any] | None]:
+        """:meth:`lookup`, and per slot the cache key it was looked up under (None as a whole
+        when the backend does not say): the batch then sends the misses under those keys."""
+        return self.lookup(backend, force_refresh, text_only), None
+
     def spend_groups(self, hits: list[Any]) -> list[tuple[list[Any], list[Any], dict[str, Any]]]:
         """The slots as groups sharing their request fields, for the estimate: (slots, hits, fields)."""
         return [(self.slots, hits, self.params_of(0))]
@@ -211,16 +216,18 @@ class _Job:
 
     def _prepare(
         self, backend: Any, force_refresh: bool, details: bool
-    ) -> tuple[list[Any], list[int], list[MinimaLlmRequest], int]:
-        """(per slot its cached row or None, positions to send, their requests, cached count)."""
+    ) -> tuple[list[Any], list[int], list[MinimaLlmRequest], int, list[str] | None]:
+        """(per slot its cached row or None, positions to send, their requests, cached count,
+        the requests' cache keys when the lookup made them)."""
         with collection_paused():
-            hits = self.lookup(backend, force_refresh, text_only=not details)
+            hits, keys = self.lookup_keyed(backend, force_refresh, text_only=not details)
             unanswered = hits.count(None)
             # A slot without messages has no hit either: equal counts mean nothing to send (a
             # re-run), which spares looking at each row.
             positions = [p for p, (messages, hit) in enumerate(zip(self.slots, hits, strict=True))
                          if messages is not None and hit is None] if unanswered > self.slots.count(None) else []
-            return hits, positions, self._requests(positions), len(hits) - unanswered
+            sent_keys = None if keys is None else [keys[p] for p in positions]
+            return hits, positions, self._requests(positions), len(hits) - unanswered, sent_keys
 
     def _shape(
         self, answers: list[Any], positions: list[int], hits: list[Any], details: bool
@@ -242,11 +249,11 @@ class _Job:
             return self.shape([None] * len(self.slots), details)
         started = time.monotonic()
         backend = session.get_backend() if backend is None else backend
-        hits, positions, requests, cached = self._prepare(backend, force_refresh, details)
+        hits, positions, requests, cached, keys = self._prepare(backend, force_refresh, details)
         try:
             answers = run_batch(backend, requests, progress=progress, force_refresh=force_refresh,
                            label=self.label, cached_rows=cached, guard=self.guard,
-                           setup=self.setup_sink, started=started)
+                           setup=self.setup_sink, started=started, keys=keys)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -262,12 +269,12 @@ class _Job:
         # Off the caller's loop: a large lookup reads SQLite for a while.
         import asyncio  # loaded on first use, like the engine: keeps `import minima_nb` cheap
 
-        hits, positions, requests, cached = await asyncio.to_thread(self._prepare, backend, force_refresh,
-                                                                     details)
+        hits, positions, requests, cached, keys = await asyncio.to_thread(self._prepare, backend,
+                                                                           force_refresh, details)
         try:
             answers = await arun_batch(backend, requests, progress=progress, force_refresh=force_refresh,
                                   label=self.label, cached_rows=cached, guard=self.guard,
-                                  setup=self.setup_sink, started=started)
+                                  setup=self.setup_sink, started=started, keys=keys)
         except BatchAborted as exc:
             self._aborted(exc, backend, force_refresh, hits, positions)
             raise
@@ -303,6 +310,13 @@ class Generation(_Job):
         if force_refresh or bulk_lookup is None:
             return super().lookup(backend, force_refresh, text_only)
         return bulk_lookup(self.slots, text_only=text_only, **self.params)
+
+    def lookup_keyed(self, backend: Any, force_refresh: bool, text_only: bool) -> tuple[list[Any], list[Any] | None]:
+        keyed_lookup = getattr(backend, "lookup_keyed", None)
+        if force_refresh or keyed_lookup is None:  # a backend of its own: lookup() alone, if any
+            return super().lookup_keyed(backend, force_refresh, text_only)
+        hits, keys = keyed_lookup(self.slots, text_only=text_only, **self.params)
+        return hits, keys
 
     def shape(self, results: list[Any], details: bool) -> tuple[Any, str | None]:
         if self.schema is not None:
