@@ -11,6 +11,12 @@ Child tasks (``spec["task"]``):
   the answer columns the library reads, on a fresh connection; then ``backend.lookup`` alone
   (the accessor's keys and reads) and ``backend.run_batched`` alone (the path of a caller
   with request objects) over the same prompts, their inputs built outside the timing.
+* ``commit_floor``: the floor of scenario 3's cache-on cost: ``n`` rows shaped like the
+  answers stored there (the real keys, messages, params and body) committed to a fresh cache
+  file with the cache's own upsert, in lots of ``spec["lot"]`` rows, one ``BEGIN IMMEDIATE``
+  transaction each, as the writer thread commits them; timed from creating the file (schema,
+  WAL) to closing it (the final checkpoint), the rows built untimed. No Python per row but
+  ``executemany``'s binding: what any client of this schema pays.
 * ``export``: ``open_cache(dir).to_parquet(path)`` timed, with the process RSS sampled every
   few milliseconds for the peak over the RSS before the export; ``without_driver`` makes the
   ADBC driver unavailable, to time the sqlite3 fallback.
@@ -83,6 +89,28 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     count = conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     conn.close()
     return {"rows": count, "build_s": t.wall_s, "bytes": path.stat().st_size}
+
+
+def commit_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """Commit ``spec["n"]`` answer rows to a fresh cache in lots of ``spec["lot"]``; CPU and wall."""
+    from minima_nb.cache import CACHE_FILENAME
+    from minima_nb.cache.file import open_file
+    from minima_nb.cache.store import _UPSERT
+    from minima_nb.cache.writer import connect
+
+    rows, lot = list(_rows(spec["n"], 0)), max(1, int(spec["lot"]))
+    directory = Path(spec["dir"])
+    directory.mkdir(parents=True, exist_ok=True)
+    with Timer() as t:
+        path = directory / CACHE_FILENAME
+        open_file(path)  # the schema and WAL mode, as PromptCache makes them
+        conn = connect(path)
+        for start in range(0, len(rows), lot):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_UPSERT, rows[start:start + lot])
+            conn.execute("COMMIT")
+        conn.close()
+    return {"rows": len(rows), "cpu_s": t.cpu_s, "wall_s": t.wall_s}
 
 
 def _bare_lookup(path: Path, keys: list[str]) -> tuple[float, int]:
@@ -205,7 +233,7 @@ def export(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_over": peak - base, "maxrss_over": peak_rss_bytes() - base, "base_rss": base}
 
 
-TASKS = {"build": build, "accessor": accessor, "export": export}
+TASKS = {"build": build, "accessor": accessor, "export": export, "commit_floor": commit_floor}
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:

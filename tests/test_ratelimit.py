@@ -155,6 +155,18 @@ def test_rate_limit_info_is_none_without_rate_limit_headers():
     assert RateLimitInfo.from_headers({"content-type": "application/json"}) is None
 
 
+def test_rate_limit_info_reads_aiohttp_headers_and_odd_names():
+    """aiohttp's case-insensitive headers (what the transport hands over) are read, and a
+    mapping whose names are not strings still yields its rate-limit headers."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    real = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"),
+                                         ("X-RateLimit-Remaining-Requests", "41")]))
+    assert RateLimitInfo.from_headers(real) == RateLimitInfo(remaining_requests=41)
+    odd = {b"server": "x", 7: "y", "x-ratelimit-limit-requests": "60"}
+    assert RateLimitInfo.from_headers(odd) == RateLimitInfo(limit_requests=60)
+
+
 def test_rate_limit_info_skips_unreadable_values():
     """A garbage header becomes None without losing the readable ones."""
     parsed = RateLimitInfo.from_headers({"x-ratelimit-limit-requests": "lots", "x-ratelimit-remaining-requests": "7"})

@@ -167,10 +167,9 @@ class RatePacer:
         """
         began = self._clock()
         gate = self._gate
-        if gate is None and self._unpaced(began):
-            # Nothing paces (rpm=0, no limit heard of, no pause): the usual local run goes at
-            # once, without booking a start that no rule would read.
-            self._sent = self._last_start = began
+        if gate is None and not self._rpm and began >= self._paused_until and (  # all None:
+                self._adaptive is self._server_rpm is self._server_tpm is self._requests is self._tokens is None):
+            self._sent = self._last_start = began  # rpm=0, no limit heard of, no pause: go now
             return 0.0
         # The shared permit first: waiting for it can take a while, and the local booking
         # below must be made at the time the request can really go.
@@ -193,12 +192,6 @@ class RatePacer:
                     self._adaptive.started(self._sent)
                 return max(0.0, self._sent - began)
             await self._sleep(min(wait, _NAP_S))
-
-    def _unpaced(self, now: float) -> bool:
-        """Whether no rule can hold a start made at ``now`` back (what _reserve would find)."""
-        return (not self._rpm and self._adaptive is None and self._server_rpm is None
-                and self._server_tpm is None and self._requests is None and self._tokens is None
-                and now >= self._paused_until)
 
     def _reserve(self, now: float, tokens: int) -> float:
         """Pick this request's start time and book it; no await, so no lock is needed."""

@@ -20,7 +20,7 @@ import functools
 import gzip
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -74,14 +74,18 @@ class Transport:
         """Send one request and return the reply; raise ConnectError or RequestTimeout."""
         raise NotImplementedError
 
-    async def post_json(
+    def post_json(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
-    ) -> HttpReply:
-        """POST an already-serialised JSON body (gzip-compressed when configured)."""
+    ) -> Awaitable[HttpReply]:
+        """POST an already-serialised JSON body (gzip-compressed when configured); await it.
+
+        The request's own coroutine is returned, not wrapped in one more: this runs once per
+        request, and every level of coroutine is passed through each time the request resumes.
+        """
         if self.compress_gzip:
             body = gzip.compress(body, compresslevel=5)
             headers = {**headers, "Content-Encoding": "gzip"}
-        return await self.request("POST", url, body=body, headers=headers, timeout_s=timeout_s)
+        return self.request("POST", url, body=body, headers=headers, timeout_s=timeout_s)
 
     async def aclose(self) -> None:
         """Close the running loop's connection pool; the next request opens a new one."""

@@ -58,19 +58,27 @@ async def with_check(check: AnswerCheck | None, work: Coroutine[Any, Any, T]) ->
         return await work
 
 
-async def send_checked(
+def send_checked(
     caller: Sender, body: bytes, token_estimate: int, refreshed_body: Callable[[], bytes],
-) -> tuple[ParsedAnswer, float, int]:
+) -> Awaitable[tuple[ParsedAnswer, float, int]]:
     """``caller.send(body)``; while the current check refuses the answer, send ``refreshed_body()``.
 
     Returns the accepted answer, its latency and the HTTP attempts spent on all rounds; raises
     :class:`SchemaMismatch` (with the last reason, and the start of the last answer as its
-    ``body_snippet``) when ``max_attempts`` answers were refused.
+    ``body_snippet``) when ``max_attempts`` answers were refused. Without a check (the usual
+    call) it is the send itself: no coroutine of its own to pass through on every resumption.
     """
-    answer, latency, attempts = await caller.send(body, token_estimate)
     check = current_check.get()
     if check is None:
-        return answer, latency, attempts
+        return caller.send(body, token_estimate)
+    return _send_until_accepted(caller, check, body, token_estimate, refreshed_body)
+
+
+async def _send_until_accepted(
+    caller: Sender, check: AnswerCheck, body: bytes, token_estimate: int,
+    refreshed_body: Callable[[], bytes],
+) -> tuple[ParsedAnswer, float, int]:
+    answer, latency, attempts = await caller.send(body, token_estimate)
     max_attempts = caller.policy.max_attempts
     rounds = max_attempts if max_attempts > 0 else UNBOUNDED_ROUNDS
     for round_ in range(1, rounds + 1):
