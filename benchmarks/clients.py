@@ -67,12 +67,13 @@ async def run_aiohttp(url: str, items: list[str], concurrency: int, **_: Any) ->
 
 
 async def run_minima_nb(url: str, items: list[str], concurrency: int, *, cache_dir: str | None = None,
-                        **_: Any) -> list[Any]:
-    """minima_nb ``run_batched``: no pacing, ``concurrency`` workers and requests in flight."""
+                        transport: str = "auto", **_: Any) -> list[Any]:
+    """minima_nb ``run_batched``: no pacing, ``concurrency`` workers and requests in flight;
+    the default transport unless ``transport`` names one."""
     from minima_nb import BatchConfig, MinimaLlmConfig, MinimaLlmRequest, OpenAIMinimaLlm
 
     config = MinimaLlmConfig(base_url=url, model=MODEL, api_key=API_KEY, cache_dir=cache_dir,
-                             rpm=0, max_outstanding=concurrency,
+                             rpm=0, max_outstanding=concurrency, transport=transport,
                              batch=BatchConfig(num_workers=concurrency))
     backend = OpenAIMinimaLlm(config)
     try:

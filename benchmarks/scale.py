@@ -14,8 +14,9 @@ client per process, imports and a warm-up batch of 64 requests outside the timed
   texts taken out.
 
 ``spec["task"] == "loops"`` (scenario 14): ``"aiohttp"`` on ``asyncio.run`` or ``uvloop.run``,
-``"minima_nb"`` (``run_batched``, cache off, as scenario 1) called from sync code, so it runs on
-the private loop thread, whose loop ``MINIMA_UVLOOP`` picks (set here before the engine loads).
+``"minima_nb"`` (``run_batched``, cache off, as scenario 1, on the default transport: http1) and
+``"minima_nb/aiohttp"`` (the same with ``transport="aiohttp"``), called from sync code, so they
+run on the private loop thread, whose loop ``MINIMA_UVLOOP`` picks (set here before the engine loads).
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ def _loops(spec: dict[str, Any]) -> dict[str, Any]:
         from minima_nb.engine.loop import background_loop_kind
         from minima_nb.engine.sync import run_sync
 
-        run_sync(run_minima_nb(url, warm, CONCURRENCY))
+        transport = "aiohttp" if client == "minima_nb/aiohttp" else "auto"
+        run_sync(run_minima_nb(url, warm, CONCURRENCY, transport=transport))
         with Timer() as t:
-            results = run_sync(run_minima_nb(url, items, CONCURRENCY))
+            results = run_sync(run_minima_nb(url, items, CONCURRENCY, transport=transport))
         kind = background_loop_kind()
     answers = texts(results)
     return {"ok": sum(a is not None for a in answers), "wall_s": t.wall_s, "cpu_s": t.cpu_s,

@@ -18,7 +18,8 @@ FIRSTPASS_RUNS = ("aiohttp", "generate", "generate+progress")
 FIRSTPASS_NAMES = {"aiohttp": "aiohttp, raw (the floor; no cache)",
                    "generate": "**minima_nb** `df.minima.generate`, cache on, `progress=False`",
                    "generate+progress": "**minima_nb** `df.minima.generate`, cache on, progress bar on"}
-LOOP_RUNS = (("aiohttp", "asyncio"), ("aiohttp", "uvloop"), ("minima_nb", "asyncio"), ("minima_nb", "uvloop"))
+LOOP_RUNS = (("aiohttp", "asyncio"), ("aiohttp", "uvloop"), ("minima_nb", "asyncio"), ("minima_nb", "uvloop"),
+             ("minima_nb/aiohttp", "asyncio"), ("minima_nb/aiohttp", "uvloop"))
 
 
 def _fmt(value: float | None, fmt: Any) -> str:
@@ -132,7 +133,7 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
     per_round: list[dict[tuple[str, str], dict]] = []
     for r in range(rounds):
         results = {}
-        order = LOOP_RUNS[r % 4:] + LOOP_RUNS[:r % 4]
+        order = LOOP_RUNS[r % len(LOOP_RUNS):] + LOOP_RUNS[:r % len(LOOP_RUNS)]
         for client, loop in order:
             spec = {"task": "loops", "client": client, "loop": loop, "url": upstream.url, "n": n}
             res = run_child("benchmarks.scale", spec, workdir)
@@ -141,7 +142,7 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
             else:
                 res.setdefault("error", f"only {res.get('ok')} of {n} answered")
             results[(client, loop)] = res
-            log(f"  round {r + 1}/{rounds} {client:9s} on {loop:7s} " + (
+            log(f"  round {r + 1}/{rounds} {client:17s} on {loop:7s} " + (
                 f"{res['req_s']:8,.0f} req/s {res['cpu_us']:5,.0f} µs/req (loop: {res['loop_ran']})"
                 if "cpu_us" in res else f"FAILED {res['error'][:300]}"))
         per_round.append(results)
@@ -153,7 +154,8 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
         return [r[top]["cpu_us"] / r[bottom]["cpu_us"] if "cpu_us" in r[top] and "cpu_us" in r[bottom]
                 else None for r in per_round]
 
-    names = {"aiohttp": "aiohttp, raw", "minima_nb": "**minima_nb** run_batched (private loop thread)"}
+    names = {"aiohttp": "aiohttp, raw", "minima_nb": "**minima_nb** run_batched (private loop thread, http1 transport: the default)",
+             "minima_nb/aiohttp": "minima_nb run_batched (private loop thread, `transport=\"aiohttp\"`)"}
     rows = [[f"{names[client]} on {loop}", spread(column((client, loop), "req_s"), count),
              spread(column((client, loop), "cpu_us"), micro),
              spread(over((client, loop), ("aiohttp", loop)), ratio),
@@ -163,19 +165,25 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
                          for c, lp in LOOP_RUNS if r[(c, lp)].get("loop_ran", lp) != lp})
     ours = median(over(("minima_nb", "uvloop"), ("minima_nb", "asyncio")))
     vs_floor = median(over(("minima_nb", "uvloop"), ("aiohttp", "uvloop")))
+    transports = {loop: median(over(("minima_nb", loop), ("minima_nb/aiohttp", loop))) for loop in ("asyncio", "uvloop")}
     notes = [
         "minima_nb is called from sync code (`run_sync(backend.run_batched(...))`), so the batch runs "
         "on the private loop thread: on uvloop when it is installed, on asyncio's loop with "
         "`MINIMA_UVLOOP=0`. The loop each run really used is read back from the engine: "
         + ("; ".join(mismatched) if mismatched else "always the one asked for") + ".",
         "Raw aiohttp runs under `asyncio.run` or `uvloop.run` in the main thread.",
+        "The transports: minima_nb's CPU per request on its http1 transport ÷ on aiohttp's, the rest "
+        f"of the engine the same: {_fmt(transports['asyncio'], ratio)} on asyncio's loop, "
+        f"{_fmt(transports['uvloop'], ratio)} on uvloop. The http1 transport (minima_nb/engine/http1.py) "
+        "sends each request over kept-alive asyncio protocol connections and parses answers with httptools.",
         *[f"round {i + 1}, {c} on {lp}: {res['error'][:400]}" for i, r in enumerate(per_round)
           for (c, lp), res in r.items() if "error" in res],
     ]
     section = Section(
         f"14. Event loops: {n:,} requests, concurrency {CONCURRENCY}, 0 ms latency, asyncio against uvloop",
         f"Scenario 1's workload ({n:,} distinct requests, {CONCURRENCY} in flight, cache off, "
-        "`progress=False`) for minima_nb and raw aiohttp, each on asyncio's loop and on uvloop, "
+        "`progress=False`) for minima_nb (on each of its transports, http1 and aiohttp) and raw "
+        "aiohttp, each on asyncio's loop and on uvloop, "
         "in a rotating order, a fresh process per run after an untimed warm-up of 64 requests.",
         ["client and loop", "requests/s", "CPU per request", "CPU ÷ raw aiohttp's on the same loop",
          "CPU on uvloop ÷ on asyncio"], rows, notes)

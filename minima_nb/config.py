@@ -33,7 +33,7 @@ from .errors import ConfigError
 
 __all__ = ["ENV_VARS", "BatchConfig", "MinimaLlmConfig", "ParasailBatchConfig", "setting_from_env"]
 
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("auto", "http1", "aiohttp", "httpx")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -156,7 +156,7 @@ class MinimaLlmConfig:
     cache_namespace: str | None = None
     force_refresh: bool = False
     trace_file: str | None = None
-    transport: str = "aiohttp"
+    transport: str = "auto"
     compress_gzip: bool = False
     max_outstanding: int = 32
     rpm: int = 600

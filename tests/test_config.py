@@ -26,7 +26,7 @@ def test_defaults_match_the_documented_ones():
     c = MinimaLlmConfig(**BASE)
     assert (c.max_outstanding, c.rpm, c.timeout_s, c.max_attempts) == (32, 600, 60.0, 6)
     assert (c.batch.num_workers, c.batch.max_failures, c.batch.heartbeat_s) == (64, 25, 10.0)
-    assert c.cache_dir is None and c.transport == "aiohttp"
+    assert c.cache_dir is None and c.transport == "auto"
 
 
 def test_from_env_reads_every_variable(monkeypatch):

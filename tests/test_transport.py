@@ -1,8 +1,9 @@
-"""Transport contract: aiohttp and httpx behave alike against the mock server."""
+"""Transport contract: http1, aiohttp and httpx behave alike against the mock server."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 
@@ -10,12 +11,12 @@ import httpx
 import pytest
 from aiohttp import web
 
-from minima_nb.engine.transport import make_transport
+from minima_nb.engine.transports import make_transport
 from minima_nb.errors import ConnectError, RequestTimeout
 from minima_nb.testing import MockServer
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-contract"}
-KINDS = ["aiohttp", "httpx"]
+KINDS = ["http1", "aiohttp", "httpx"]
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +206,205 @@ def test_redirects_are_not_followed(kind):
 
     reply = asyncio.run(go())
     assert reply.status == 307 and seen == []
+
+
+# -- answer framings, idle connections, cancellation, TLS: against raw servers -------------------
+
+
+async def _raw_server(answer):
+    """A bare asyncio HTTP/1.1 server; ``answer(n, writer)`` writes the reply to the n-th request
+    of a connection (from 1) and returns False to close it without more. Returns (server, port,
+    connections seen)."""
+    connections = []
+
+    async def handle(reader, writer):
+        connections.append(writer)
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                n += 1
+                if not await answer(n, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+def _reply(status_line: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
+    return b"\r\n".join([status_line, *headers, b"", body])
+
+
+def _against_raw(kind, answer, requests=1, between_s=0.0):
+    """Send ``requests`` POSTs one after another through a ``kind`` transport; (replies, connections)."""
+    async def go():
+        server, port, connections = await _raw_server(answer)
+        transport = make_transport(kind)
+        replies = []
+        try:
+            for i in range(requests):
+                replies.append(await transport.post_json(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                         _body(f"raw {i}"), HEADERS, 5.0))
+                await asyncio.sleep(between_s)
+        finally:
+            await transport.aclose()
+            server.close()
+        return replies, len(connections)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("framing", ["chunked", "gzip", "until-close"])
+def test_answer_framings_are_read_whole(kind, framing):
+    """A chunked body, a gzip-encoded one, and one that ends with the connection all arrive whole."""
+    payload = json.dumps({"choices": [{"message": {"content": "x" * 3000}}]}).encode()
+
+    async def answer(n, writer):
+        if framing == "chunked":
+            chunks = [payload[i:i + 700] for i in range(0, len(payload), 700)]
+            body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+            writer.write(_reply(b"HTTP/1.1 200 OK", [b"Content-Type: application/json",
+                                                     b"Transfer-Encoding: chunked"]) + body)
+        elif framing == "gzip":
+            packed = gzip.compress(payload)
+            writer.write(_reply(b"HTTP/1.1 200 OK", [b"Content-Encoding: gzip",
+                                                     b"Content-Length: %d" % len(packed)], packed))
+        else:
+            writer.write(_reply(b"HTTP/1.1 200 OK", [b"Connection: close"], payload))
+        await writer.drain()
+        return framing != "until-close"
+
+    replies, _ = _against_raw(kind, answer, requests=2)
+    assert [r.status for r in replies] == [200, 200]
+    assert all(r.body == payload for r in replies)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connection_closed_while_idle_is_replaced(kind):
+    """A server that drops a kept-alive connection instead of answering its next request (an idle
+    timeout racing the request): the request goes again on a new connection, and succeeds."""
+    async def answer(n, writer):
+        if n > 1:
+            return False  # closes without a word: the request was never handled
+        writer.write(_reply(b"HTTP/1.1 200 OK", [b"Content-Length: 2"], b"{}"))
+        await writer.drain()
+        return True
+
+    if kind != "http1":  # aiohttp and httpx raise it: the retry layer above sends it again
+        with pytest.raises(ConnectError):
+            _against_raw(kind, answer, requests=3)
+        return
+    replies, connections = _against_raw(kind, answer, requests=3)
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert connections == 3  # each later request found its connection dead and opened another
+
+
+def test_http1_cancelled_request_leaves_no_half_read_connection():
+    """A request cancelled while its answer is awaited: its connection is closed, not reused."""
+    async def go():
+        async def answer(n, writer):
+            await asyncio.sleep(0.3)  # slower than the caller's patience
+            writer.write(_reply(b"HTTP/1.1 200 OK", [b"Content-Length: 2"], b"{}"))
+            await writer.drain()
+            return True
+
+        server, port, connections = await _raw_server(answer)
+        transport = make_transport("http1")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(transport.post_json(url, _body("a"), HEADERS, 5.0), 0.05)
+            reply = await transport.post_json(url, _body("b"), HEADERS, 5.0)
+        finally:
+            await transport.aclose()
+            server.close()
+        return reply.status, len(connections)
+
+    assert asyncio.run(go()) == (200, 2)
+
+
+def test_http1_header_with_a_line_break_is_refused_without_its_value():
+    """A key pasted with a newline would split the request: refused, and the key is not shown."""
+    from minima_nb.errors import ConfigError
+
+    async def go():
+        transport = make_transport("http1")
+        try:
+            await transport.post_json("http://127.0.0.1:9/v1/chat/completions", _body("x"),
+                                      {"Authorization": "Bearer sk-secret\r\nX-Evil: 1"}, 1.0)
+        finally:
+            await transport.aclose()
+
+    with pytest.raises(ConfigError, match="line break") as caught:
+        asyncio.run(go())
+    assert "sk-secret" not in str(caught.value)
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, as files; (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_http1_speaks_tls_and_checks_the_certificate(tmp_path, monkeypatch):
+    """https:// goes over TLS checked against the system's CAs: a certificate they include
+    (SSL_CERT_FILE) is served, one they do not is refused with the reason."""
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path)
+
+    async def go(trusted):
+        async def answer(request):
+            return web.json_response({"tls": request.secure})
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        port = runner.addresses[0][1]
+        if trusted:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        else:
+            monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        transport = make_transport("http1")
+        try:
+            return await transport.post_json(f"https://127.0.0.1:{port}/v1/chat/completions",
+                                              _body("secret"), HEADERS, 5.0)
+        finally:
+            await transport.aclose()
+            await runner.cleanup()
+
+    reply = asyncio.run(go(trusted=True))
+    assert reply.status == 200 and json.loads(reply.body) == {"tls": True}
+    with pytest.raises(ConnectError, match="cannot connect to https://127.0.0.1.*certificate verify failed"):
+        asyncio.run(go(trusted=False))

@@ -22,7 +22,8 @@ from .looplocal import LoopLocal
 from .meter import BatchMeter, current_meter
 from .pacer import RatePacer
 from .retry import RetryPolicy, classify_status, redact, retry_after_seconds
-from .transport import HttpReply, Transport, make_transport
+from .transport import HttpReply, Transport
+from .transports import make_transport
 from .wire import ParsedAnswer, parse_answer
 
 BODY_SNIPPET_BYTES = 300  # as much of a failed answer's body as a failure keeps

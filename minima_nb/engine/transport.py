@@ -1,9 +1,10 @@
 """The HTTP seam: "send this request, give me status, headers and body".
 
-Two implementations pass one contract suite: :class:`AiohttpTransport` (the default: ~120 µs
-of client CPU per request here, against ~2,400 µs for httpx, see FACTS.md) and
-:class:`HttpxTransport` (for users who bring an ``httpx.AsyncClient`` or ask for
-``transport="httpx"``).
+Three implementations pass one contract suite: :class:`~.http1.Http1Transport` (the default
+when httptools is installed: HTTP/1.1 on asyncio protocols, in its own module),
+:class:`AiohttpTransport` (the default without it: ~120 µs of client CPU per request here,
+against ~2,400 µs for httpx, see FACTS.md) and :class:`HttpxTransport` (for users who bring an
+``httpx.AsyncClient`` or ask for ``transport="httpx"``).
 
 Each keeps one keep-alive connection pool per event loop, created on the loop that first sends
 and closed by ``aclose()`` on that loop. Library exceptions are translated here: nothing above
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import ConfigError, ConnectError, RequestTimeout
+from ..errors import ConnectError, RequestTimeout
 from .looplocal import LoopLocal
 
 
@@ -267,17 +268,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else ""
 
-
-def make_transport(kind: str = "aiohttp", *, client: Any = None, compress_gzip: bool = False) -> Transport:
-    """Build the transport named ``kind``; an ``httpx.AsyncClient`` passed as ``client`` selects httpx."""
-    if client is not None:
-        if type(client).__module__.split(".")[0] != "httpx":
-            raise ConfigError(
-                f"client={type(client).__name__} is not supported; pass an httpx.AsyncClient or leave it out."
-            )
-        return HttpxTransport(client=client, compress_gzip=compress_gzip)
-    if kind == "aiohttp":
-        return AiohttpTransport(compress_gzip=compress_gzip)
-    if kind == "httpx":
-        return HttpxTransport(compress_gzip=compress_gzip)
-    raise ConfigError(f"transport={kind!r} is unknown; use 'aiohttp' or 'httpx'.")

@@ -285,6 +285,13 @@ def huge_prompt(env: Env) -> Ask:
     return frame, env.generate(frame, details=True)
 
 
+@raising("a base URL where nothing listens (http1, the default)", BatchAborted,
+         "has not answered a single request", "cannot connect to http://127.0.0.1:",
+         "Connection refused", "base_url (OPENAI_BASE_URL)")
+def refused_connection_http1(env: Env) -> Any:
+    return ask_nowhere("http1")
+
+
 @raising("a base URL where nothing listens (aiohttp)", BatchAborted,
          "has not answered a single request", "cannot connect to http://127.0.0.1:",
          "Connection refused", "base_url (OPENAI_BASE_URL)")

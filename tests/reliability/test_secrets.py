@@ -267,7 +267,7 @@ def elsewhere():
     server.stop()
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["http1", "aiohttp", "httpx"])
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirect_to_another_host_never_receives_the_key(status, transport, elsewhere):
     """A redirect to another host is not followed: that host gets no request (so no key), the row fails clearly."""

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ...config import MinimaLlmConfig
 from ...engine.backend import OpenAIMinimaLlm
-from ...engine.transport import make_transport
+from ...engine.transports import make_transport
 from ...environment import proxy_token_from_env
 from ...errors import ConfigError
 from .app import DEFAULT_MAX_BODY_BYTES, ProxyApp
