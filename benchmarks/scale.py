@@ -15,7 +15,7 @@ client per process, imports and a warm-up batch of 64 requests outside the timed
 
 ``spec["task"] == "loops"`` (scenario 14): ``"aiohttp"`` on ``asyncio.run`` or ``uvloop.run``,
 ``"minima_nb"`` (``run_batched``, cache off, as scenario 1, on the default transport: http1) and
-``"minima_nb/aiohttp"`` (the same with ``transport="aiohttp"``), called from sync code, so they
+``"minima_nb-aiohttp"`` (the same with ``transport="aiohttp"``), called from sync code, so they
 run on the private loop thread, whose loop ``MINIMA_UVLOOP`` picks (set here before the engine loads).
 """
 
@@ -159,7 +159,7 @@ def _loops(spec: dict[str, Any]) -> dict[str, Any]:
         from minima_nb.engine.loop import background_loop_kind
         from minima_nb.engine.sync import run_sync
 
-        transport = "aiohttp" if client == "minima_nb/aiohttp" else "auto"
+        transport = "aiohttp" if client == "minima_nb-aiohttp" else "auto"
         run_sync(run_minima_nb(url, warm, CONCURRENCY, transport=transport))
         with Timer() as t:
             results = run_sync(run_minima_nb(url, items, CONCURRENCY, transport=transport))

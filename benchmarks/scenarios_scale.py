@@ -19,7 +19,7 @@ FIRSTPASS_NAMES = {"aiohttp": "aiohttp, raw (the floor; no cache)",
                    "generate": "**minima_nb** `df.minima.generate`, cache on, `progress=False`",
                    "generate+progress": "**minima_nb** `df.minima.generate`, cache on, progress bar on"}
 LOOP_RUNS = (("aiohttp", "asyncio"), ("aiohttp", "uvloop"), ("minima_nb", "asyncio"), ("minima_nb", "uvloop"),
-             ("minima_nb/aiohttp", "asyncio"), ("minima_nb/aiohttp", "uvloop"))
+             ("minima_nb-aiohttp", "asyncio"), ("minima_nb-aiohttp", "uvloop"))
 
 
 def _fmt(value: float | None, fmt: Any) -> str:
@@ -155,7 +155,7 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
                 else None for r in per_round]
 
     names = {"aiohttp": "aiohttp, raw", "minima_nb": "**minima_nb** run_batched (private loop thread, http1 transport: the default)",
-             "minima_nb/aiohttp": "minima_nb run_batched (private loop thread, `transport=\"aiohttp\"`)"}
+             "minima_nb-aiohttp": "minima_nb run_batched (private loop thread, `transport=\"aiohttp\"`)"}
     rows = [[f"{names[client]} on {loop}", spread(column((client, loop), "req_s"), count),
              spread(column((client, loop), "cpu_us"), micro),
              spread(over((client, loop), ("aiohttp", loop)), ratio),
@@ -165,7 +165,7 @@ def scenario_loops(upstream: Upstream, workdir: Path, rounds: int, n: int, log: 
                          for c, lp in LOOP_RUNS if r[(c, lp)].get("loop_ran", lp) != lp})
     ours = median(over(("minima_nb", "uvloop"), ("minima_nb", "asyncio")))
     vs_floor = median(over(("minima_nb", "uvloop"), ("aiohttp", "uvloop")))
-    transports = {loop: median(over(("minima_nb", loop), ("minima_nb/aiohttp", loop))) for loop in ("asyncio", "uvloop")}
+    transports = {loop: median(over(("minima_nb", loop), ("minima_nb-aiohttp", loop))) for loop in ("asyncio", "uvloop")}
     notes = [
         "minima_nb is called from sync code (`run_sync(backend.run_batched(...))`), so the batch runs "
         "on the private loop thread: on uvloop when it is installed, on asyncio's loop with "

@@ -109,18 +109,17 @@ class OpenAIMinimaLlm(CacheSide, PredecessorSpellings):
         ``cached_rows`` counts rows the caller already answered with :meth:`lookup`: progress
         shows them as cached rows of the same batch. ``looked_up_keys`` are the requests'
         cache keys as :meth:`lookup_keyed` made them, from a lookup that found none of them:
-        they are then sent without being keyed and looked up again (a first pass over a
-        large frame spends a tenth of its time on that otherwise).
+        they are then sent without being keyed and looked up a second time.
         """
         for r in requests:
             check_messages(r.request_id, r.messages)
         refresh = force_refresh or self.config.force_refresh
         models = [r.model or self.config.model for r in requests]
-        looked_up = looked_up_keys is not None and self._cache is not None and not refresh
         if looked_up_keys is not None and len(looked_up_keys) != len(requests):
             raise ValueError(f"looked_up_keys has {len(looked_up_keys)} keys for {len(requests)} requests; "
                              "pass one key per request, in the same order, or none.")
-        keys = list(looked_up_keys) if looked_up and looked_up_keys is not None else self._keys(requests, models)
+        looked_up = looked_up_keys is not None and self._cache is not None and not refresh
+        keys = list(looked_up_keys) if looked_up_keys is not None and looked_up else self._keys(requests, models)
         rows_per_key = Counter(keys)
         first_of: dict[str, int] = {}
         for i, k in enumerate(keys):

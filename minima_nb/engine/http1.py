@@ -4,9 +4,9 @@
 httptools is installed (the ``fast`` extra). It does what a chat-completions client needs and
 no more, which is what makes it cheap: a request with a body of known length over a kept-alive
 plain or TLS connection, and one answer read back (status, headers, and a body framed by
-Content-Length, by chunks, or by the connection's end; gzip or deflate undone). Per request
-it costs about half of aiohttp's client CPU here (benchmarks/RESULTS.md, scenario 14), which
-is most of what a first pass over a large frame spends on the loop thread.
+Content-Length, by chunks, or by the connection's end; gzip or deflate undone). On it the
+whole engine spends 0.42× the CPU per request it spends on aiohttp's client (benchmarks/
+RESULTS.md, scenario 14): aiohttp's request machinery was most of a first pass's loop thread.
 
 Like the other transports: one pool of connections per event loop, redirects returned as
 answers and never followed (the key only goes to ``base_url``'s host), no cookies, no proxy
