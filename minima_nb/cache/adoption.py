@@ -34,7 +34,8 @@ from ..errors import CacheError, ConfigError
 from .file import CACHE_FILENAME
 from .key import key_function
 from .legacy import LEGACY_TABLE, answer_fields, is_legacy_table, legacy_key, read_legacy
-from .store import READ_CHUNK, PromptCache
+from .reads import rows_of_keys
+from .store import PromptCache
 
 __all__ = ["Adoption", "Wanted"]
 
@@ -98,13 +99,14 @@ class _ReadOnlyFile:
     def ours(self, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """minima_nb rows ``(key, text, input_tokens, output_tokens, finish_reason, latency_s,
         raw, created_at)`` among ``keys``."""
-        rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(keys), READ_CHUNK):
-            chunk = keys[start : start + READ_CHUNK]
-            rows.extend(self._connection().execute(
-                "SELECT key, text, input_tokens, output_tokens, finish_reason, latency_s, raw, "
-                f"created_at FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-        return rows
+        conn = self._connection()
+
+        def query(sql: str, params: Sequence[Any]) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
+
+        select = ("SELECT key, text, input_tokens, output_tokens, finish_reason, latency_s, raw, "
+                  "created_at FROM responses")
+        return [row for rows in rows_of_keys(query, select, keys) for row in rows]
 
     def theirs(self, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """minima-llm rows among ``keys``, in the same shape as :meth:`ours`."""

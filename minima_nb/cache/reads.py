@@ -18,7 +18,8 @@ from typing import Any
 from .file import COLUMNS
 from .writer import connect
 
-__all__ = ["FIRST_ROWID", "READ_CHUNK", "page_rows", "page_sql", "read_connection", "texts_in_order"]
+__all__ = ["FIRST_ROWID", "READ_CHUNK", "page_rows", "page_sql", "read_connection", "rows_of_keys",
+           "texts_in_order"]
 
 READ_CHUNK = 500  # keys per ``IN (...)`` lookup; well under SQLite's variable limit
 
@@ -59,13 +60,19 @@ def texts_in_order(query: Query, keys: list[str]) -> list[str | None]:
     return texts
 
 
+def rows_of_keys(query: Query, select: str, keys: Sequence[str]) -> Iterator[list[Any]]:
+    """The rows ``select`` (a ``SELECT ... FROM ...`` without its WHERE) finds among ``keys``,
+    read ``WHERE key IN (...)`` ``READ_CHUNK`` keys at a time: one list of rows per query."""
+    for start in range(0, len(keys), READ_CHUNK):
+        chunk = keys[start : start + READ_CHUNK]
+        yield query(f"{select} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+
+
 def _texts_keyed(query: Query, keys: list[str]) -> list[str | None]:
     """:func:`texts_in_order` through ``IN (...)`` reads, for an SQLite built without JSON."""
     found: dict[str, str] = {}
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), READ_CHUNK):
-        chunk = unique[start : start + READ_CHUNK]
-        found.update(query(f"SELECT key, text FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+    for rows in rows_of_keys(query, "SELECT key, text FROM responses", list(dict.fromkeys(keys))):
+        found.update(rows)
     return list(map(found.get, keys))
 
 
@@ -104,7 +111,7 @@ def page_sql(where_sql: str, include_raw: bool) -> str:
     return f"SELECT rowid, {columns} FROM responses WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?"
 
 
-def page_rows(query: Callable[[str, Sequence[Any]], list[Any]], where_sql: str, params: Sequence[Any],
+def page_rows(query: Query, where_sql: str, params: Sequence[Any],
               chunk_size: int, include_raw: bool, limit: int | None = None,
               after: int = FIRST_ROWID) -> Iterator[list[tuple[Any, ...]]]:
     """Stored rows ``(rowid, *COLUMNS)`` after rowid ``after``, in insert order, in lists of up

@@ -36,7 +36,15 @@ from .file import CACHE_FILENAME, COLUMNS, open_file, prepare_directory
 from .key import (
     string_messages_json,
 )
-from .reads import FIRST_ROWID, READ_CHUNK, page_rows, page_sql, read_connection, texts_in_order
+from .reads import (
+    FIRST_ROWID,
+    READ_CHUNK,
+    page_rows,
+    page_sql,
+    read_connection,
+    rows_of_keys,
+    texts_in_order,
+)
 from .writer import BatchWriter
 
 __all__ = ["CacheRow", "CachedAnswer", "FIRST_ROWID", "PromptCache", "READ_CHUNK", "page_rows", "page_sql"]
@@ -265,10 +273,7 @@ class PromptCache:
         queued = self._pending_rows(unique)
         found = queued if pairs_of is not None else {k: row[0] for k, row in queued.items()}
         to_read = [k for k in unique if k not in found] if found else unique
-        for start in range(0, len(to_read), READ_CHUNK):
-            chunk = to_read[start : start + READ_CHUNK]
-            sql = f"SELECT {columns} FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
-            rows = self._query(sql, chunk)
+        for rows in rows_of_keys(self._query, f"SELECT {columns} FROM responses", to_read):
             found.update(rows if pairs_of is None else pairs_of(rows))  # (key, text) rows are pairs
         self._count(len(found), len(unique) - len(found) if count_misses else 0)
         return found
