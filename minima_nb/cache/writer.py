@@ -13,6 +13,7 @@ caller, and a dead thread makes every later call raise.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import sqlite3
@@ -195,10 +196,7 @@ class BatchWriter:
         values = self._open.get(key)
         if values is not None:
             return values
-        for lot in reversed(self._closed):
-            if lot.keyed is not None and (values := lot.keyed.get(key)) is not None:
-                return values
-        for lot in reversed(self._writing):
+        for lot in itertools.chain(reversed(self._closed), reversed(self._writing)):
             if lot.keyed is not None and (values := lot.keyed.get(key)) is not None:
                 return values
         return None

@@ -32,7 +32,7 @@ from .looplocal import LoopLocal
 from .transport import HttpReply, Transport, _first_line, safe_url
 
 KEEPALIVE_S = 60.0  # an idle connection older than this is closed rather than used
-_MAX_HEADS = 256  # request heads kept ready (one per URL and set of headers, in practice a few)
+_MAX_KEPT = 256  # URLs and request heads kept ready (one per URL and set of headers: in practice a few)
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
@@ -345,7 +345,7 @@ class Http1Transport(Transport):
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = _Target((parts.scheme, host, port), host, port, tls, path,
                          f"{shown}:{parts.port}" if parts.port else shown)
-        if len(self._targets) >= _MAX_HEADS:
+        if len(self._targets) >= _MAX_KEPT:
             self._targets.clear()
         self._targets[url] = target
         return target
@@ -369,7 +369,7 @@ class Http1Transport(Transport):
             except UnicodeEncodeError:
                 raise ConfigError("a request header holds characters HTTP headers cannot carry "
                                   "(only Latin-1); check the API key and extra headers.") from None
-            if len(self._heads) >= _MAX_HEADS:
+            if len(self._heads) >= _MAX_KEPT:
                 self._heads.clear()
             self._heads[key] = prefix
         return prefix + b"%d\r\n\r\n" % length
